@@ -1,0 +1,228 @@
+"""``kdbench`` command line: run | leaderboard | compare | list."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.panel import Panel
+
+from benchmarks.config import BUDGETS, known_suites, load_suite
+from benchmarks.errors import ConfigError, KdbenchError
+from benchmarks.registry import DATASETS, METHODS, MODELS, known
+from benchmarks.teachers import default_cache_dir
+
+console = Console(stderr=True)
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``3`` means seeds 0,1,2; ``0,4,7`` means exactly those."""
+    if text is None:
+        return None
+    try:
+        if "," in text:
+            return [int(s) for s in text.split(",") if s.strip()]
+        n = int(text)
+    except ValueError as exc:
+        raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from exc
+    if n < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {n}")
+    return list(range(n))
+
+
+def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def parse_method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set kd.temperature=2`` -> {"kd": {"temperature": 2}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, raw in parse_assignments(items, "--set").items():
+        method, dot, field = key.partition(".")
+        if not dot:
+            raise ConfigError(f"--set takes METHOD.KEY=VALUE, got {key!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        overrides.setdefault(method, {})[field] = value
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run methods on a suite and update its leaderboard")
+    run.add_argument("--suite", default="cifar100", help="suite name or config file")
+    run.add_argument("--methods", help="comma-separated method names (default: all)")
+    run.add_argument("--budget", default="smoke", choices=BUDGETS)
+    run.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); "
+                     "default: the budget's")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--results-dir", type=Path, default=Path("results"))
+    run.add_argument("--cache-dir", type=Path, default=None,
+                     help="teacher cache and generated data (default: ~/.cache/kdbench)")
+    run.add_argument("--data-root", help="dataset root (overrides the suite's)")
+    run.add_argument("--no-download", action="store_true",
+                     help="never try to download the dataset")
+    run.add_argument("--no-synthetic-fallback", action="store_true",
+                     help="fail instead of running on generated data when no dataset is found")
+    run.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
+                     help="use your own teacher state_dict for an architecture")
+    run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="override a method's config key")
+    run.add_argument("--force", action="store_true", help="re-run runs that have a record")
+    run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    run.add_argument("--quiet", action="store_true")
+
+    board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
+    board.add_argument("--suite", default="cifar100")
+    board.add_argument("--budget", default="smoke", choices=BUDGETS)
+    board.add_argument("--results-dir", type=Path, default=Path("results"))
+    board.add_argument("--csv", type=Path, help="where to write the CSV "
+                       "(default: RESULTS/leaderboard/SUITE_BUDGET.csv)")
+
+    compare = sub.add_parser("compare", help="Welch test between two methods, per pair")
+    compare.add_argument("a")
+    compare.add_argument("b")
+    compare.add_argument("--suite", default="cifar100")
+    compare.add_argument("--budget", default="smoke", choices=BUDGETS)
+    compare.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    lst = sub.add_parser("list", help="list registered names")
+    lst.add_argument("what", choices=["methods", "models", "datasets", "suites"])
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.runner import Harness
+
+    suite = load_suite(args.suite)
+    dataset_overrides: dict[str, Any] = {}
+    if args.data_root:
+        dataset_overrides["root"] = args.data_root
+    if args.no_download and "download" in suite.dataset:
+        dataset_overrides["download"] = False
+    if args.no_synthetic_fallback and "synthetic_fallback" in suite.dataset:
+        dataset_overrides["synthetic_fallback"] = False
+    harness = Harness(
+        suite, args.budget, results_dir=args.results_dir,
+        cache_dir=args.cache_dir or default_cache_dir(), device=args.device,
+        dataset_overrides=dataset_overrides,
+        teacher_checkpoints=parse_assignments(args.teacher_ckpt, "--teacher-ckpt"),
+        method_overrides=parse_method_overrides(args.set),
+        measure_latency=not args.no_latency,
+    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    plan = harness.plan(methods, parse_seeds(args.seeds))
+    data = harness.data
+    if data.notice:
+        console.print(Panel(escape(data.notice), title=f"data: {data.data_source}", style="yellow"))
+    console.print(f"suite {suite.name} · budget {args.budget} · {data.name} "
+                  f"({data.data_source}) · {len(plan.methods)} methods × {len(plan.pairs)} "
+                  f"pairs × {len(plan.seeds)} seeds = {plan.total} runs · device "
+                  f"{harness.device}")
+    harness.run(plan.methods, plan.seeds, force=args.force)
+    return show_leaderboard(suite.name, args.budget, args.results_dir)
+
+
+def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None) -> int:
+    from benchmarks.results import (
+        leaderboard,
+        leaderboard_path,
+        load_records,
+        render_table,
+        write_leaderboard,
+    )
+
+    records = load_records(results_dir, suite, budget)
+    if not records:
+        raise KdbenchError(f"no run records for suite {suite!r}, budget {budget!r} under "
+                           f"{results_dir}/runs; run `kdbench run --suite {suite} "
+                           f"--budget {budget}` first")
+    board = leaderboard(records)
+    path = csv or leaderboard_path(results_dir, suite, budget)
+    write_leaderboard(board, path)
+    out = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
+    out.print(render_table(board, title=f"{suite} · {budget}"))
+    console.print(f"leaderboard written to {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from benchmarks.results import load_records, runs_frame
+    from benchmarks.stats import summarize, welch_p
+
+    runs = runs_frame(load_records(args.results_dir, args.suite, args.budget))
+    if runs.empty:
+        raise KdbenchError(f"no run records for {args.suite}/{args.budget} in {args.results_dir}")
+    for name in (args.a, args.b):
+        if name not in set(runs["method"]):
+            raise ConfigError(f"no runs of method {name!r} in {args.suite}/{args.budget}; "
+                              f"methods with runs: {', '.join(sorted(set(runs['method'])))}")
+    table = Table(title=f"{args.a} vs {args.b} · {args.suite} · {args.budget}")
+    for col in ("data", "pair", args.a, args.b, "Δ", "Welch p", "verdict"):
+        table.add_column(col)
+    for (source, t, s), grp in runs.groupby(["data_source", "teacher", "student"]):
+        a = grp.loc[grp["method"] == args.a, "metric"].tolist()
+        b = grp.loc[grp["method"] == args.b, "metric"].tolist()
+        if not a or not b:
+            continue
+        sa, sb, p = summarize(a), summarize(b), welch_p(a, b)
+        if math.isnan(p):
+            verdict = "untestable (n<2)"
+        elif p >= 0.05:
+            verdict = "tied"
+        else:
+            verdict = f"{args.a if sa.mean > sb.mean else args.b} better"
+        table.add_row(source, f"{t}→{s}", f"{sa.mean:.2f} (n={sa.n})", f"{sb.mean:.2f} (n={sb.n})",
+                      f"{sa.mean - sb.mean:+.2f}", f"{p:.3f}", verdict)
+    Console().print(table)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    names = {"methods": lambda: known(METHODS), "models": lambda: known(MODELS),
+             "datasets": lambda: known(DATASETS), "suites": known_suites}[args.what]()
+    print("\n".join(names))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    handlers = {"run": cmd_run, "leaderboard": lambda a: show_leaderboard(
+        a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list}
+    try:
+        return handlers[args.command](args)
+    except KdbenchError as exc:
+        console.print(f"[bold red]kdbench: error:[/] {escape(str(exc))}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("kdbench: interrupted; finished runs are saved, re-run to continue")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

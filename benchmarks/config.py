@@ -1,0 +1,217 @@
+"""Suite configs (mmengine Python configs) validated into dataclasses.
+
+A suite file in ``benchmarks/suites/`` names a dataset, and per budget (smoke / short /
+full) the teacher-student pairs, the training recipe, the measurement settings and any
+per-method overrides. Every mapping is checked against its dataclass so that a misspelt
+key fails with a message naming it and listing the allowed keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mmengine.config import Config
+
+from benchmarks.errors import ConfigError, UnknownNameError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+BUDGETS = ("smoke", "short", "full")
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"in {where}; allowed keys: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a (simple) type hint, converting where it is lossless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return from_mapping(hint, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """One training schedule (the shared loop's settings)."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"  # multistep | cosine
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    eval_batch_size: int = 256
+    log_every: int = 50  # steps between loss checks / progress updates
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("multistep", "cosine"):
+            raise ConfigError(f"schedule must be 'multistep' or 'cosine', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be positive")
+
+    def replace(self, **changes: Any) -> TrainRecipe:
+        return from_mapping(TrainRecipe, {**dataclasses.asdict(self), **changes}, "recipe")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How the harness times the returned model against its teacher."""
+
+    enabled: bool = True
+    batch_sizes: tuple[int, ...] = (1, 64)
+    rounds: int = 10
+    warmup: int = 10
+    min_iters: int = 5
+    max_iters: int = 200
+    target_round_s: float = 0.25
+    cuda: bool = True  # also time on CUDA when a GPU is present
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.teacher}->{self.student}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that differs between smoke, short and full."""
+
+    name: str
+    pairs: tuple[Pair, ...]
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+    teacher_train: TrainRecipe | None = None  # None: same recipe as the students
+    train_subset: int | None = None  # class-balanced subset of the train split
+    test_subset: int | None = None
+    seeds: int = 1  # default number of seeds when the CLI gives none
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def teacher_recipe(self) -> TrainRecipe:
+        return self.teacher_train or self.train
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    name: str
+    dataset: dict[str, Any]
+    budgets: dict[str, Budget]
+    description: str = ""
+    metric: str = "top1"
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides, all budgets
+    teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # arch -> state_dict path
+    input_size: int = 32
+
+    def budget(self, name: str) -> Budget:
+        if name not in self.budgets:
+            raise UnknownNameError("budget", name, self.budgets)
+        return self.budgets[name]
+
+
+def known_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_suite(name_or_path: str) -> SuiteConfig:
+    """Load a suite by name (``cifar100``) or from a config file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".py":
+        if name_or_path not in known_suites():
+            raise UnknownNameError("suite", name_or_path, known_suites())
+        path = SUITES_DIR / f"{name_or_path}.py"
+    elif not path.is_file():
+        raise ConfigError(f"suite config {path} does not exist")
+    raw = Config.fromfile(str(path)).to_dict()
+    return suite_from_dict(raw, where=str(path))
+
+
+def suite_from_dict(raw: Mapping[str, Any], where: str = "suite") -> SuiteConfig:
+    # Names starting with "_" are the config file's own helper variables.
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    budgets = {}
+    for budget_name, spec in dict(raw.pop("budgets", {})).items():
+        if budget_name not in BUDGETS:
+            raise ConfigError(
+                f"unknown budget {budget_name!r} in {where}; allowed: {', '.join(BUDGETS)}"
+            )
+        spec = dict(spec)
+        where_pairs = f"{where}.budgets.{budget_name}.pairs"
+        spec["pairs"] = [_pair(p, where_pairs) for p in spec.get("pairs", [])]
+        budgets[budget_name] = from_mapping(
+            Budget, {"name": budget_name, **spec}, f"{where}.budgets.{budget_name}"
+        )
+    return from_mapping(SuiteConfig, {**raw, "budgets": budgets}, where)
+
+
+def _pair(value: Any, where: str) -> Pair:
+    if isinstance(value, Mapping):
+        return from_mapping(Pair, value, where)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return Pair(teacher=str(value[0]), student=str(value[1]))
+    raise ConfigError(f"{where}: a pair is (teacher, student) or dict(teacher=..., student=...)")

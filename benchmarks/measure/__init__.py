@@ -1,0 +1,31 @@
+"""Measurement: MACs, what the deployed model is, latency vs the teacher, machine fingerprint.
+
+One implementation of each, used for every method (see MEASUREMENT.md for how and why).
+"""
+
+from benchmarks.measure.flops import count_flops, count_macs
+from benchmarks.measure.latency import (
+    LatencyResult,
+    LatencySetting,
+    ModelLatency,
+    compare_latency,
+    default_settings,
+    summarize,
+)
+from benchmarks.measure.machine import fingerprint
+from benchmarks.measure.params import ModelReport, assert_deployable, inspect_model
+
+__all__ = [
+    "LatencyResult",
+    "LatencySetting",
+    "ModelLatency",
+    "ModelReport",
+    "assert_deployable",
+    "compare_latency",
+    "count_flops",
+    "count_macs",
+    "default_settings",
+    "fingerprint",
+    "inspect_model",
+    "summarize",
+]

@@ -1,0 +1,203 @@
+"""The method contract: a ``RunContext`` goes in, a ``Compressed`` result comes out.
+
+A method trains and/or compresses; the harness evaluates and measures what it returns,
+so every number on the leaderboard is produced the same way for every method.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, from_mapping
+from benchmarks.data import BatchLoader, ImageDataset, ImageSplit
+from benchmarks.registry import build_model
+from benchmarks.train import FitResult, FitState, ForwardFn, LossFn, evaluate, fit
+
+
+@dataclass
+class Compressed:
+    """What a method returns.
+
+    ``model`` is the deployable network: physically smaller where the method prunes,
+    masks folded into weights, no ``weight_orig``/hooks left. ``extras`` holds metrics
+    only the method knows (chosen pruning rate, peer accuracies, ...), never its own size
+    or speed. ``controls`` are extra rows on the same structure that show whether the
+    method's idea helped (e.g. pruned + plain fine-tune); each is measured like the main one.
+    ``notes`` are labels shown on the leaderboard (e.g. "unstructured: no dense speed-up").
+    """
+
+    model: nn.Module
+    extras: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, Compressed] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For methods without hyper-parameters."""
+
+
+class Method(abc.ABC):
+    """Base class of every method plugin.
+
+    Subclasses set ``Config`` (a dataclass whose defaults are the paper's protocol),
+    optionally ``budget_defaults`` (overrides per budget, e.g. for ``smoke``), and
+    implement ``run``. ``reference`` names the leaderboard row the method is compared
+    against (``teacher`` for compression, ``scratch`` for online KD without a teacher).
+    """
+
+    Config: ClassVar[type] = NoConfig
+    budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    reference: ClassVar[str] = "teacher"
+    uses_teacher: ClassVar[bool] = True
+    label: ClassVar[str] = ""  # shown on the board, e.g. "after Gao et al. 2021"
+
+    name: str = ""  # the registered name, set when the harness builds it
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    @classmethod
+    def make_config(cls, budget: str, *overrides: dict[str, Any] | None, name: str = "") -> Any:
+        """Defaults <- budget defaults <- each override in turn; unknown keys are errors."""
+        merged: dict[str, Any] = dict(cls.budget_defaults.get(budget, {}))
+        for override in overrides:
+            merged.update(override or {})
+        where = f"config of method {name or cls.__name__!r}"
+        return from_mapping(cls.Config, merged, where)
+
+    def supports(self, pair: Pair) -> str | None:
+        """None when the pair is supported, else the reason it is skipped."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: RunContext) -> Compressed:
+        """Train/compress and return the deployable model."""
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that stays in eval mode with no gradients, whatever its parent does."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:  # BN statistics must never move
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+@dataclass
+class RunContext:
+    """Everything a method may use; built by the harness for one (method, pair, seed)."""
+
+    suite: SuiteConfig
+    budget: Budget
+    pair: Pair
+    seed: int
+    device: torch.device
+    data: ImageDataset
+    workdir: Path
+    log: logging.Logger
+    teacher_provider: Callable[[], nn.Module]
+    train_split: ImageSplit
+    test_split: ImageSplit
+    progress: bool | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def recipe(self) -> TrainRecipe:
+        return self.budget.train
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, *self.data.input_shape, device=self.device)
+
+    def build_model(self, arch: str) -> nn.Module:
+        """A freshly initialised zoo model (seeded by the harness before ``run``)."""
+        return build_model(arch, num_classes=self.num_classes).to(self.device)
+
+    def build_student(self) -> nn.Module:
+        return self.build_model(self.pair.student)
+
+    def teacher(self) -> FrozenTeacher:
+        """The trained teacher (from the cache), frozen: eval mode, no gradients.
+
+        Each call returns an independent copy, so a method cannot alter the teacher
+        that other methods and the measurement see.
+        """
+        return FrozenTeacher(copy.deepcopy(self.teacher_provider())).to(self.device)
+
+    def loader(self, split: ImageSplit, *, train: bool, batch_size: int | None = None,
+               seed_offset: int = 0) -> BatchLoader:
+        size = batch_size or (self.recipe.batch_size if train else self.recipe.eval_batch_size)
+        return make_loader(self.data, split, train=train, batch_size=size, device=self.device,
+                           seed=self.seed + seed_offset, channels_last=self.recipe.channels_last)
+
+    def train_loader(self, batch_size: int | None = None) -> BatchLoader:
+        return self.loader(self.train_split, train=True, batch_size=batch_size)
+
+    def test_loader(self) -> BatchLoader:
+        return self.loader(self.test_split, train=False)
+
+    def fit(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        *,
+        recipe: TrainRecipe | None = None,
+        params: Iterable[Any] | None = None,
+        forward: ForwardFn | None = None,
+        after_step: Callable[[FitState], None] | None = None,
+        after_epoch: Callable[[FitState], None] | None = None,
+        loader: BatchLoader | None = None,
+        name: str = "fit",
+        **recipe_changes: Any,
+    ) -> FitResult:
+        """Run the shared training loop with a method-supplied loss.
+
+        ``recipe_changes`` adjust the budget's recipe for this call (e.g. ``epochs=5``);
+        ``name`` identifies the call's checkpoint, so each distinct training phase of a
+        method must use its own name.
+        """
+        recipe = recipe or self.recipe
+        if recipe_changes:
+            recipe = recipe.replace(**recipe_changes)
+        kwargs = {} if forward is None else {"forward": forward}
+        return fit(
+            model, loss, loader or self.train_loader(recipe.batch_size), recipe,
+            device=self.device, params=params, after_step=after_step,
+            after_epoch=after_epoch, checkpoint=self.workdir / f"{name}.ckpt",
+            desc=f"{self.pair.label} seed{self.seed} {name}", progress=self.progress, **kwargs,
+        )
+
+    def evaluate(self, model: nn.Module, split: ImageSplit | None = None) -> dict[str, float]:
+        """Top-1/top-5 (percent) on ``split`` (default: the test split)."""
+        loader = self.loader(split or self.test_split, train=False)
+        return evaluate(model, loader, self.device)
+
+
+def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_size: int,
+                device: torch.device, seed: int, channels_last: bool) -> BatchLoader:
+    """A loader normalised with the dataset's statistics; channels_last only on CUDA."""
+    return BatchLoader(split, batch_size, mean=data.mean, std=data.std, train=train,
+                       device=device, seed=seed,
+                       channels_last=channels_last and device.type == "cuda")
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}

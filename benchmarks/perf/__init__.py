@@ -1,0 +1,1 @@
+"""Throughput scripts for kdbench's own machinery: ``python -m benchmarks.perf.<name>``."""

@@ -1,0 +1,50 @@
+# CIFAR-100 suite: the de-facto KD benchmark (RepDistiller's protocol for `full`).
+# An mmengine Python config; `kdbench run --suite cifar100 --budget smoke|short|full`.
+name = "cifar100"
+description = "CIFAR-100 image classification, 32x32, 100 classes"
+metric = "top1"
+
+# Reads <root>/cifar-100-python (the official pickle layout); downloads it when missing
+# and the network allows; otherwise runs on generated data in the same format and labels
+# every record data_source=synthetic.
+dataset = dict(type="cifar100", root="data", download=True, synthetic_fallback=True)
+
+# RepDistiller / CRD teacher-student pairs (CIFAR-100 top-1 in its README).
+_paper_pairs = [
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"),
+    ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("vgg13", "vgg8"),
+]
+
+budgets = dict(
+    # Minutes on a 2-core laptop CPU: a class-balanced data subset, a few epochs, one
+    # small pair. Exercises every method end to end; accuracies are not paper numbers.
+    smoke=dict(
+        pairs=[("resnet20", "resnet8")],
+        train=dict(epochs=3, batch_size=64, lr=0.05, schedule="cosine", eval_batch_size=500),
+        teacher_train=dict(epochs=6, batch_size=64, lr=0.05, schedule="cosine",
+                           eval_batch_size=500),
+        train_subset=3000,
+        test_subset=1000,
+        seeds=1,
+        latency=dict(rounds=5, warmup=5, min_iters=5, max_iters=100, target_round_s=0.04),
+    ),
+    # About an hour per pair on one GPU: full data, 60 epochs cosine, 3 seeds.
+    short=dict(
+        pairs=[("resnet56", "resnet20"), ("resnet32x4", "resnet8x4")],
+        train=dict(epochs=60, batch_size=64, lr=0.05, schedule="cosine"),
+        seeds=3,
+    ),
+    # The papers' protocol: 240 epochs, SGD 0.05 (x0.1 at 150/180/210), wd 5e-4, batch 64.
+    full=dict(
+        pairs=_paper_pairs,
+        train=dict(epochs=240, batch_size=64, lr=0.05, schedule="multistep",
+                   milestones=[150, 180, 210]),
+        seeds=5,
+        latency=dict(rounds=20, warmup=50, max_iters=1000, target_round_s=0.5),
+    ),
+)

@@ -1,0 +1,156 @@
+"""Teacher cache: train a teacher once, reuse it for every method.
+
+Teachers are keyed by a hash of the architecture, the exact data (fingerprint, subset,
+source), the training recipe and the seed. A user may instead give their own checkpoint
+for an architecture; it is loaded with ``weights_only=True`` (no code from a pickle).
+Each cached teacher carries the sha256 of its weights file and its test accuracy, so a
+record can say exactly which teacher it was distilled from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.config import TrainRecipe
+from benchmarks.errors import ConfigError
+
+TEACHER_CACHE_VERSION = 1  # bump when teacher training changes in a way that matters
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    arch: str
+    path: str
+    sha256: str
+    top1: float
+    top5: float
+    source: str  # "trained" | "cache" | "user"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("KDBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench"
+    )
+    return Path(root)
+
+
+def teacher_key(
+    arch: str, num_classes: int, data_fingerprint: str, train_subset: int | None,
+    recipe: TrainRecipe, seed: int,
+) -> str:
+    spec = {
+        "version": TEACHER_CACHE_VERSION,
+        "arch": arch,
+        "num_classes": num_classes,
+        "data": data_fingerprint,
+        "train_subset": train_subset,
+        "recipe": dataclasses.asdict(recipe),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_state_dict(model: nn.Module, path: Path, arch: str) -> None:
+    """Load a user checkpoint safely; a mismatch names the architecture and the keys."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"teacher checkpoint for {arch!r} not found: {path}") from exc
+    except Exception as exc:  # a corrupt or non-tensor pickle
+        raise ConfigError(
+            f"teacher checkpoint {path} could not be read as a state_dict "
+            f"(loaded with weights_only=True): {exc}"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"teacher checkpoint {path} does not fit architecture {arch!r}: {exc}"
+        ) from exc
+
+
+class TeacherCache:
+    """Looks up, trains or loads teachers; one instance per harness invocation."""
+
+    def __init__(self, cache_dir: Path, user_checkpoints: dict[str, str] | None = None):
+        self.dir = Path(cache_dir) / "teachers"
+        self.user_checkpoints = dict(user_checkpoints or {})
+        self._memory: dict[str, tuple[nn.Module, TeacherInfo]] = {}
+
+    def get(
+        self,
+        arch: str,
+        key: str,
+        build: Callable[[], nn.Module],
+        train: Callable[[nn.Module], None],
+        evaluate: Callable[[nn.Module], dict[str, float]],
+    ) -> tuple[nn.Module, TeacherInfo]:
+        """The teacher for ``key``: user checkpoint, else disk cache, else train and cache."""
+        if key in self._memory:
+            return self._memory[key]
+        if arch in self.user_checkpoints:
+            path = Path(self.user_checkpoints[arch]).expanduser()
+            model = build()
+            load_state_dict(model, path, arch)
+            result = model, self._info(arch, path, model, evaluate, "user")
+        else:
+            path = self.dir / f"{arch}-{key[:16]}.pt"
+            model = build()
+            if path.is_file():
+                load_state_dict(model, path, arch)
+                result = model, self._info(arch, path, model, evaluate, "cache")
+            else:
+                train(model)
+                atomic_torch_save(model.state_dict(), path)
+                info = self._info(arch, path, model, evaluate, "trained")
+                self._write_meta(path, info)
+                result = model, info
+        self._memory[key] = result
+        return result
+
+    @staticmethod
+    def _info(arch: str, path: Path, model: nn.Module,
+              evaluate: Callable[[nn.Module], dict[str, float]], source: str) -> TeacherInfo:
+        acc = evaluate(model)
+        return TeacherInfo(arch=arch, path=str(path), sha256=sha256_file(path),
+                           top1=acc["top1"], top5=acc["top5"], source=source)
+
+    @staticmethod
+    def _write_meta(path: Path, info: TeacherInfo) -> None:
+        # For people browsing the cache; the harness re-evaluates on every load.
+        meta = path.with_suffix(".json")
+        tmp = meta.with_name(meta.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2))
+        os.replace(tmp, meta)

@@ -1,0 +1,230 @@
+"""The one training loop every method trains through.
+
+SGD with a multistep or cosine schedule, bf16 autocast and channels_last on CUDA,
+an epoch-level checkpoint that makes a killed run resumable, a finite-loss check and
+progress output. Methods supply only the loss (and, when they need one, a custom forward
+or per-step / per-epoch hooks); the loop owns everything else so that every method
+trains the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmarks.config import TrainRecipe
+from benchmarks.data import Batch, BatchLoader
+from benchmarks.errors import TrainingError
+
+LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
+LossFn = Callable[[Batch, Any], LossOutput]
+ForwardFn = Callable[[nn.Module, Batch], Any]
+
+log = logging.getLogger("kdbench.train")
+
+
+@dataclass
+class FitState:
+    """What hooks see: the live model/optimiser and where the loop is."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int
+    step: int
+    epochs: int
+    lr: float
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    final_loss: float
+    images_per_s: float
+    wall_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def default_forward(model: nn.Module, batch: Batch) -> Any:
+    return model(batch.x)
+
+
+def build_optimizer(params: Iterable[Any], recipe: TrainRecipe) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov and recipe.momentum > 0,
+    )
+
+
+def lr_at(epoch: int, recipe: TrainRecipe) -> float:
+    """Learning rate for ``epoch`` (0-based): linear warm-up, then multistep or cosine."""
+    if epoch < recipe.warmup_epochs:
+        return recipe.lr * (epoch + 1) / recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        span = max(1, recipe.epochs - recipe.warmup_epochs)
+        progress = (epoch - recipe.warmup_epochs) / span
+        return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
+    return recipe.lr * recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    loader: BatchLoader,
+    recipe: TrainRecipe,
+    *,
+    device: torch.device,
+    params: Iterable[Any] | None = None,
+    forward: ForwardFn = default_forward,
+    after_step: Callable[[FitState], None] | None = None,
+    after_epoch: Callable[[FitState], None] | None = None,
+    checkpoint: Path | None = None,
+    desc: str = "fit",
+    progress: bool | None = None,
+) -> FitResult:
+    """Train ``model`` in place with ``loss_fn(batch, forward(model, batch))``.
+
+    ``params`` defaults to the model's trainable parameters (a list of param-group dicts
+    is accepted too). With ``checkpoint`` the loop saves after every epoch and resumes
+    from it when it exists, so a killed run continues where it stopped.
+    """
+    on_cuda = device.type == "cuda"
+    model.to(device)
+    if on_cuda and recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    trainable = list(params) if params is not None else [
+        p for p in model.parameters() if p.requires_grad
+    ]
+    if not trainable:
+        raise TrainingError(f"{desc}: nothing to train (no parameter requires grad)")
+    optimizer = build_optimizer(trainable, recipe)
+    start_epoch, step = _resume(checkpoint, model, optimizer)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and recipe.amp)
+
+    history: list[dict[str, float]] = []
+    seen, train_time, last_loss = 0, 0.0, float("nan")
+    bar = tqdm(
+        total=recipe.epochs * len(loader), initial=start_epoch * len(loader), desc=desc,
+        unit="batch", disable=not _show_progress(progress), leave=False,
+    )
+    for epoch in range(start_epoch, recipe.epochs):
+        lr = lr_at(epoch, recipe)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        loader.set_epoch(epoch)
+        model.train()
+        running = torch.zeros((), device=device)
+        n_batches, epoch_images = 0, 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            with autocast:
+                out = loss_fn(batch, forward(model, batch))
+            loss = out[0] if isinstance(out, tuple) else out
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n_batches += 1
+            epoch_images += batch.y.shape[0]
+            running += loss.detach()
+            if after_step is not None:
+                after_step(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
+            if n_batches % recipe.log_every == 0:
+                _check_finite(running, desc, epoch, step)
+                bar.update(recipe.log_every)
+        if on_cuda:
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - t0
+        _check_finite(running, desc, epoch, step)
+        bar.update(n_batches % recipe.log_every)
+        last_loss = float(running) / max(1, n_batches)
+        train_time += epoch_time
+        seen += epoch_images
+        history.append({"epoch": epoch, "loss": last_loss, "lr": lr, "seconds": epoch_time})
+        log.info(
+            "%s epoch %d/%d loss %.4f lr %.4g %.0f img/s",
+            desc, epoch + 1, recipe.epochs, last_loss, lr, epoch_images / max(epoch_time, 1e-9),
+        )
+        if after_epoch is not None:
+            after_epoch(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
+        if checkpoint is not None:
+            _save(checkpoint, model, optimizer, epoch + 1, step)
+    bar.close()
+    return FitResult(
+        epochs=recipe.epochs,
+        steps=step,
+        final_loss=last_loss,
+        images_per_s=seen / train_time if train_time else float("nan"),
+        wall_s=train_time,
+        history=history,
+    )
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, device: torch.device, topk: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Top-k accuracy in percent of ``model`` (eval mode) over the loader; restores the mode."""
+    was_training = model.training
+    model.eval().to(device)
+    correct = torch.zeros(len(topk), device=device, dtype=torch.long)
+    total = 0
+    for batch in loader:
+        logits = model(batch.x)
+        k = min(max(topk), logits.shape[1])
+        pred = logits.topk(k, dim=1).indices
+        hits = pred.eq(batch.y[:, None])
+        for i, kk in enumerate(topk):
+            correct[i] += hits[:, : min(kk, k)].any(dim=1).sum()
+        total += batch.y.shape[0]
+    model.train(was_training)
+    return {f"top{k}": 100.0 * float(c) / max(1, total) for k, c in zip(topk, correct, strict=True)}
+
+
+def _check_finite(running: torch.Tensor, desc: str, epoch: int, step: int) -> None:
+    if not torch.isfinite(running):
+        raise TrainingError(
+            f"{desc}: loss became {float(running)} at epoch {epoch + 1}, step {step}; "
+            "the run was stopped (try a lower learning rate or check the method's loss)"
+        )
+
+
+def _show_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    return os.environ.get("KDBENCH_PROGRESS", "auto") != "0" and sys.stderr.isatty()
+
+
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": epoch, "step": step}
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(
+    path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, int]:
+    if path is None or not path.is_file():
+        return 0, 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resumed %s at epoch %d", path, state["epoch"])
+    return int(state["epoch"]), int(state["step"])

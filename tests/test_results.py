@@ -1,0 +1,111 @@
+"""Run records and the leaderboard derived from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from benchmarks.errors import KdbenchError
+from benchmarks.results import (
+    SCHEMA_VERSION,
+    RunRecord,
+    leaderboard,
+    load_records,
+    record_path,
+    render_table,
+    write_json_atomic,
+    write_record,
+)
+
+
+def make_record(method="kd", seed=0, top1=70.0, teacher_top1=72.0, data_source="real",
+                reference="teacher", params=100, macs=1000, budget="smoke", speedup=2.0):
+    latency = [{"setting": {"device": "cpu", "threads": 1, "batch": 1},
+                "student": {"stats": {"median_ms": 1.0}}, "speedup": speedup}]
+    return RunRecord(
+        run_id=f"{method}{seed}", created="2026-11-24T00:00:00+00:00", suite="cifar100",
+        dataset="cifar100", data_source=data_source, budget=budget, method=method,
+        teacher="resnet56", student="resnet20", seed=seed, metric_name="top1",
+        metrics={"top1": top1, "top5": top1 + 20}, accuracy_statistic="last_epoch",
+        teacher_metrics={"top1": teacher_top1, "top5": 90.0},
+        teacher_checkpoint={"sha256": "0" * 64, "source": "cache", "path": "t.pt"},
+        reference=reference, params=params, params_nonzero=params, macs=macs, flops=2 * macs,
+        artifact_bytes=1, teacher_params=400, teacher_macs=4000, params_ratio=params / 400,
+        macs_ratio=macs / 4000, model_report={}, latency=latency, wall_time_s=1.0,
+    )
+
+
+def write(tmp_path, *records):
+    for r in records:
+        write_record(r, tmp_path)
+
+
+def test_record_round_trip_and_layout(tmp_path):
+    path = write_record(make_record(), tmp_path)
+    assert path == record_path(tmp_path, "cifar100", "smoke", "kd", "resnet56", "resnet20", 0)
+    data = json.loads(path.read_text())
+    assert data == json.loads(json.dumps(dataclasses.asdict(make_record())))
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]  # no temp files left
+
+
+def test_atomic_write_keeps_the_old_file_when_serialisation_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic({"a": 1}, path)
+    with pytest.raises(TypeError):
+        write_json_atomic({"a": object()}, path)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_wrong_schema_version_is_refused_with_a_hint(tmp_path):
+    path = write_record(make_record(), tmp_path)
+    data = json.loads(path.read_text())
+    data["schema_version"] = 999
+    path.write_text(json.dumps(data))
+    with pytest.raises(KdbenchError, match="schema_version 999"):
+        load_records(tmp_path, "cifar100", "smoke")
+
+
+def test_leaderboard_aggregates_seeds_with_stats(tmp_path):
+    write(tmp_path,
+          *[make_record("kd", s, t, teacher_top1=72.0) for s, t in enumerate([70.0, 71.0, 72.0])],
+          *[make_record("scratch", s, t) for s, t in enumerate([60.0, 60.5, 61.0])])
+    board = leaderboard(load_records(tmp_path, "cifar100", "smoke")).set_index("method")
+    kd = board.loc["kd"]
+    assert kd["n"] == 3 and kd["seeds"] == "0,1,2"
+    assert kd["metric_mean"] == pytest.approx(71.0) and kd["metric_std"] == pytest.approx(1.0)
+    assert kd["ci_low"] == pytest.approx(71.0 - 4.302653 / math.sqrt(3), abs=1e-4)
+    assert kd["delta_vs_reference"] == pytest.approx(-1.0)  # vs the teacher's 72.0
+    assert kd["tied_with_best"] is True and board.loc["scratch", "tied_with_best"] is False
+    assert kd["params"] == 100 and kd["params_ratio"] == pytest.approx(0.25)
+    assert kd["speedup_cpu_t1_b1"] == pytest.approx(2.0)
+
+
+def test_reference_can_be_another_method(tmp_path):
+    write(tmp_path,
+          *[make_record("okddip", s, t, reference="scratch") for s, t in enumerate([62, 63])],
+          *[make_record("scratch", s, t) for s, t in enumerate([60, 61])])
+    board = leaderboard(load_records(tmp_path)).set_index("method")
+    assert board.loc["okddip", "delta_vs_reference"] == pytest.approx(2.0)
+    assert board.loc["okddip", "reference"] == "scratch"
+
+
+def test_rows_never_mix_data_sources_or_budgets(tmp_path):
+    write(tmp_path, make_record("kd", 0, 70, data_source="real"),
+          make_record("kd", 1, 10, data_source="synthetic"),
+          make_record("kd", 2, 50, budget="short"))
+    board = leaderboard(load_records(tmp_path))
+    assert len(board) == 3
+    assert set(board["n"]) == {1}
+    assert set(zip(board["data_source"], board["budget"], strict=True)) == {
+        ("real", "smoke"), ("synthetic", "smoke"), ("real", "short")}
+
+
+def test_terminal_table_renders_every_row(tmp_path):
+    write(tmp_path, make_record("kd", 0), make_record("scratch", 0, 60))
+    table = render_table(leaderboard(load_records(tmp_path)))
+    assert table.row_count == 2

@@ -1,0 +1,79 @@
+"""Teacher cache: trained once, reused, keyed by what makes a teacher different."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.config import TrainRecipe
+from benchmarks.errors import ConfigError
+from benchmarks.registry import build_model
+from benchmarks.teachers import TeacherCache, sha256_file, teacher_key
+
+
+def key(**changes):
+    spec = dict(arch="resnet8", num_classes=100, data_fingerprint="abc", train_subset=None,
+                recipe=TrainRecipe(), seed=0)
+    spec.update(changes)
+    return teacher_key(**spec)
+
+
+def test_key_changes_with_everything_that_changes_the_teacher():
+    base = key()
+    assert base == key()
+    for change in (dict(arch="resnet14"), dict(num_classes=10), dict(data_fingerprint="abd"),
+                   dict(train_subset=1000), dict(recipe=TrainRecipe(epochs=239)), dict(seed=1)):
+        assert key(**change) != base, change
+
+
+def _cache_calls(tmp_path, user=None):
+    calls = {"train": 0}
+
+    def train(model):
+        calls["train"] += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+
+    def get(cache):
+        return cache.get("resnet8", key(), lambda: build_model("resnet8", 10), train,
+                         lambda m: {"top1": 12.5, "top5": 40.0})
+
+    return calls, get
+
+
+def test_trained_once_then_loaded_from_disk_with_its_hash(tmp_path):
+    calls, get = _cache_calls(tmp_path)
+    first, info = get(TeacherCache(tmp_path))
+    assert calls["train"] == 1 and info.source == "trained"
+    assert info.sha256 == sha256_file(tmp_path / "teachers" / info.path.split("/")[-1])
+    second, info2 = get(TeacherCache(tmp_path))  # a new process: the memory cache is empty
+    assert calls["train"] == 1 and info2.source == "cache" and info2.sha256 == info.sha256
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_user_checkpoint_is_used_instead_of_training(tmp_path):
+    model = build_model("resnet8", 10)
+    path = tmp_path / "mine.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    calls, get = _cache_calls(tmp_path)
+    loaded, info = get(TeacherCache(tmp_path, {"resnet8": str(path)}))
+    assert calls["train"] == 0 and info.source == "user" and info.sha256 == sha256_file(path)
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+
+
+def test_user_checkpoint_of_the_wrong_architecture_is_named(tmp_path):
+    path = tmp_path / "wrong.pt"
+    torch.save(build_model("resnet14", 10).state_dict(), path)
+    _, get = _cache_calls(tmp_path)
+    with pytest.raises(ConfigError, match="does not fit architecture 'resnet8'"):
+        get(TeacherCache(tmp_path, {"resnet8": str(path)}))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save(build_model("resnet8", 10), path)  # a whole module, not a state_dict
+    _, get = _cache_calls(tmp_path)
+    with pytest.raises(ConfigError, match="weights_only=True"):
+        get(TeacherCache(tmp_path, {"resnet8": str(path)}))
