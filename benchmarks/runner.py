@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import logging
 import random
 import shutil
@@ -66,9 +67,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_dataset(suite: SuiteConfig, overrides: dict[str, Any] | None = None) -> ImageDataset:
+def load_dataset(suite: SuiteConfig, overrides: dict[str, Any] | None = None,
+                 cache_dir: Path | None = None) -> ImageDataset:
     spec = {**suite.dataset, **(overrides or {})}
     builder = lookup(DATASETS, spec.pop("type"))
+    if cache_dir is not None and "cache_dir" in inspect.signature(builder).parameters:
+        spec.setdefault("cache_dir", str(cache_dir))  # where generated data is kept
     try:
         return builder(**spec)
     except TypeError as exc:  # an unknown keyword in the suite's dataset section
@@ -108,7 +112,7 @@ class Harness:
         self.results_dir = Path(results_dir)
         self.cache_dir = Path(cache_dir)
         self.device = resolve_device(device)
-        self.dataset_overrides = {"cache_dir": str(self.cache_dir), **(dataset_overrides or {})}
+        self.dataset_overrides = dict(dataset_overrides or {})
         self.method_overrides = method_overrides or {}
         self.measure_latency = measure_latency and self.budget.latency.enabled
         self.progress = progress
@@ -121,7 +125,7 @@ class Harness:
     @property
     def data(self) -> ImageDataset:
         if self._data is None:
-            self._data = load_dataset(self.suite, self.dataset_overrides)
+            self._data = load_dataset(self.suite, self.dataset_overrides, self.cache_dir)
         return self._data
 
     def splits(self):

@@ -9,6 +9,7 @@ trains the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -113,7 +114,8 @@ def fit(
         raise TrainingError(f"{desc}: nothing to train (no parameter requires grad)")
     optimizer = build_optimizer(trainable, recipe)
     start_epoch, step = _resume(checkpoint, model, optimizer)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and recipe.amp)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and recipe.amp
+                else contextlib.nullcontext())
 
     history: list[dict[str, float]] = []
     seen, train_time, last_loss = 0, 0.0, float("nan")

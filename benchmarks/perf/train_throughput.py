@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs per round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048, help="train images per epoch")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--student", default="resnet8")

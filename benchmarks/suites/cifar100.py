@@ -24,14 +24,14 @@ budgets = dict(
     # Minutes on a 2-core laptop CPU: a class-balanced data subset, a few epochs, one
     # small pair. Exercises every method end to end; accuracies are not paper numbers.
     smoke=dict(
-        pairs=[("resnet20", "resnet8")],
-        train=dict(epochs=3, batch_size=64, lr=0.05, schedule="cosine", eval_batch_size=500),
-        teacher_train=dict(epochs=6, batch_size=64, lr=0.05, schedule="cosine",
+        pairs=[("resnet14", "resnet8")],
+        train=dict(epochs=4, batch_size=64, lr=0.1, schedule="cosine", eval_batch_size=500),
+        teacher_train=dict(epochs=8, batch_size=64, lr=0.1, schedule="cosine",
                            eval_batch_size=500),
-        train_subset=3000,
+        train_subset=5000,
         test_subset=1000,
         seeds=1,
-        latency=dict(rounds=5, warmup=5, min_iters=5, max_iters=100, target_round_s=0.04),
+        latency=dict(rounds=4, warmup=3, min_iters=2, max_iters=50, target_round_s=0.03),
     ),
     # About an hour per pair on one GPU: full data, 60 epochs cosine, 3 seeds.
     short=dict(

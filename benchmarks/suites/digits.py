@@ -11,11 +11,11 @@ _train = dict(epochs=8, batch_size=64, lr=0.05, schedule="cosine", eval_batch_si
 
 budgets = dict(
     smoke=dict(
-        pairs=[("resnet20", "resnet8")],
+        pairs=[("resnet14", "resnet8")],
         train=_train,
         teacher_train=dict(_train, epochs=12),
         seeds=1,
-        latency=dict(rounds=5, warmup=5, min_iters=5, max_iters=100, target_round_s=0.04),
+        latency=dict(rounds=4, warmup=3, min_iters=2, max_iters=50, target_round_s=0.03),
     ),
     short=dict(
         pairs=[("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2")],
