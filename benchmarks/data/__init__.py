@@ -1,0 +1,27 @@
+"""Datasets (real on-disk formats), the device-side batch loader and fixture writers.
+
+Importing this package registers the built-in datasets in ``benchmarks.registry.DATASETS``.
+"""
+
+from benchmarks.data import augment, cifar100, digits, fixtures, loader, types
+from benchmarks.data.cifar100 import cifar100 as load_cifar100
+from benchmarks.data.digits import digits as load_digits
+from benchmarks.data.fixtures import write_cifar100
+from benchmarks.data.loader import BatchLoader
+from benchmarks.data.types import Batch, ImageDataset, ImageSplit
+
+__all__ = [
+    "Batch",
+    "BatchLoader",
+    "ImageDataset",
+    "ImageSplit",
+    "augment",
+    "cifar100",
+    "digits",
+    "fixtures",
+    "load_cifar100",
+    "load_digits",
+    "loader",
+    "types",
+    "write_cifar100",
+]
