@@ -163,7 +163,8 @@ class SuiteConfig:
     dataset: dict[str, Any]
     budgets: dict[str, Budget]
     description: str = ""
-    metric: str = "top1"
+    metric: str = "top1"  # the headline metric (a key produced by one of the evaluators)
+    evaluators: tuple[str, ...] = ("classification",)  # run on every returned model
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides, all budgets
     teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # arch -> state_dict path
     input_size: int = 32

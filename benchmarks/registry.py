@@ -18,6 +18,8 @@ ENTRY_POINT_GROUP = "kdbench.methods"
 METHODS = Registry("method", scope="kdbench", locations=["methods"])
 MODELS = Registry("model", scope="kdbench", locations=["benchmarks.models"])
 DATASETS = Registry("dataset", scope="kdbench", locations=["benchmarks.data"])
+# Evaluators turn a returned model into metrics (top-1, robust accuracy, rank-1/mAP, ...).
+EVALUATORS = Registry("evaluator", scope="kdbench", locations=["benchmarks.evaluators"])
 
 _plugins_loaded = False
 
@@ -27,7 +29,7 @@ def load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    for registry in (METHODS, MODELS, DATASETS):
+    for registry in (METHODS, MODELS, DATASETS, EVALUATORS):
         registry.import_from_location()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()

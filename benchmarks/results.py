@@ -150,6 +150,8 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for r in records:
         row = {k: r[k] for k in RUN_COLUMNS}
         row["metric"] = r["metrics"][r["metric_name"]]
+        for name, value in r["metrics"].items():
+            row[f"metric:{name}"] = value
         row["teacher_metric"] = r["teacher_metrics"].get(r["metric_name"], math.nan)
         row["notes"] = "; ".join(r.get("notes", []))
         for entry in r.get("latency", []):
@@ -181,6 +183,11 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             params_ratio=grp["params_ratio"].mean(), macs_ratio=grp["macs_ratio"].mean(),
             notes=grp["notes"].iloc[0],
         )
+        for col in sorted(c for c in grp.columns if c.startswith("metric:")):
+            name = col.removeprefix("metric:")
+            if name != row["metric_name"]:  # e.g. top5, robust_top1: mean and std over seeds
+                extra = summarize(grp[col].dropna().tolist())
+                row[f"{name}_mean"], row[f"{name}_std"] = extra.mean, extra.std
         for col in sorted(c for c in grp.columns if c.startswith(("latency_", "speedup_"))):
             row[col] = grp[col].median() if col.startswith("latency_") else grp[col].mean()
         rows.append(row)

@@ -38,7 +38,15 @@ from benchmarks.measure import (
     inspect_model,
 )
 from benchmarks.method import Compressed, Method, RunContext, config_dict, make_loader
-from benchmarks.registry import DATASETS, METHODS, MODELS, build_model, known, lookup
+from benchmarks.registry import (
+    DATASETS,
+    EVALUATORS,
+    METHODS,
+    MODELS,
+    build_model,
+    known,
+    lookup,
+)
 from benchmarks.results import RunRecord, record_path, write_record
 from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
 from benchmarks.train import evaluate, fit
@@ -140,6 +148,8 @@ class Harness:
         names = list(methods) if methods else known(METHODS)
         for name in names:
             self.build_method(name)
+        for evaluator in self.suite.evaluators:
+            lookup(EVALUATORS, evaluator)
         for pair in self.budget.pairs:
             lookup(MODELS, pair.teacher)
             lookup(MODELS, pair.student)
@@ -256,7 +266,10 @@ class Harness:
         except ValueError as exc:
             raise ContractError(f"method {name!r} returned a model that is not deployable "
                                 f"(the harness measures what is deployed): {exc}") from exc
-        metrics = ctx.evaluate(model)
+        metrics = evaluate_all(self.suite.evaluators, model, ctx)
+        if self.suite.metric not in metrics:
+            raise ConfigError(f"suite {self.suite.name!r} reports metric {self.suite.metric!r} "
+                              f"but its evaluators produce {', '.join(sorted(metrics))}")
         example = (torch.randn(1, *self.data.input_shape),)
         cpu_model = copy.deepcopy(model).cpu().eval()
         cpu_teacher = copy.deepcopy(teacher).cpu().eval()
@@ -309,6 +322,14 @@ class Harness:
                                        _settings(str(self.device), cfg.batch_sizes),
                                        device=str(self.device), **kwargs)
         return results
+
+
+def evaluate_all(names: Sequence[str], model: nn.Module, ctx: RunContext) -> dict[str, float]:
+    """Metrics of ``model`` from each named evaluator (registered in ``EVALUATORS``)."""
+    metrics: dict[str, float] = {}
+    for name in names:
+        metrics.update(lookup(EVALUATORS, name)(model, ctx))
+    return metrics
 
 
 def _settings(device: str, batch_sizes: Sequence[int]) -> list[LatencySetting]:

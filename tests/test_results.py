@@ -83,6 +83,7 @@ def test_leaderboard_aggregates_seeds_with_stats(tmp_path):
     assert kd["tied_with_best"] is True and board.loc["scratch", "tied_with_best"] is False
     assert kd["params"] == 100 and kd["params_ratio"] == pytest.approx(0.25)
     assert kd["speedup_cpu_t1_b1"] == pytest.approx(2.0)
+    assert kd["top5_mean"] == pytest.approx(91.0) and kd["top5_std"] == pytest.approx(1.0)
 
 
 def test_reference_can_be_another_method(tmp_path):
