@@ -151,10 +151,25 @@ class Budget:
     seeds: int = 1  # default number of seeds when the CLI gives none
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Overrides of the suite's dataset section for this budget (e.g. a smaller input size).
+    dataset: dict[str, Any] = field(default_factory=dict)
+    # Per-evaluator settings for this budget (over the suite's), e.g. robust=dict(n_images=200).
+    evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Names of the suite's variants run by default in this budget (others only when named).
+    variants: tuple[str, ...] = ()
 
     @property
     def teacher_recipe(self) -> TrainRecipe:
         return self.teacher_train or self.train
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration of a registered method, run as a leaderboard row of its own
+    (e.g. one point of a hyper-parameter sweep): ``config`` overrides the method's config."""
+
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,12 @@ class SuiteConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides, all budgets
     teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # arch -> state_dict path
     input_size: int = 32
+    # The model method the harness measures (params, MACs, latency) as the deployed network:
+    # "forward", or e.g. "embed" for ReID, which deploys the features without the ID classifier.
+    deployed_forward: str = "forward"
+    table_metrics: tuple[str, ...] = ()  # further metrics shown in the terminal table (mAP, ...)
+    evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per evaluator
+    variants: dict[str, Variant] = field(default_factory=dict)  # name -> method + config
 
     def budget(self, name: str) -> Budget:
         if name not in self.budgets:
@@ -207,7 +228,15 @@ def suite_from_dict(raw: Mapping[str, Any], where: str = "suite") -> SuiteConfig
         budgets[budget_name] = from_mapping(
             Budget, {"name": budget_name, **spec}, f"{where}.budgets.{budget_name}"
         )
-    return from_mapping(SuiteConfig, {**raw, "budgets": budgets}, where)
+    variants = {name: from_mapping(Variant, spec, f"{where}.variants.{name}")
+                for name, spec in dict(raw.pop("variants", {})).items()}
+    for budget in budgets.values():
+        missing = sorted(set(budget.variants) - set(variants))
+        if missing:
+            raise ConfigError(f"{where}.budgets.{budget.name}.variants names undefined "
+                              f"variant(s) {', '.join(missing)}; defined: "
+                              f"{', '.join(sorted(variants)) or 'none'}")
+    return from_mapping(SuiteConfig, {**raw, "budgets": budgets, "variants": variants}, where)
 
 
 def _pair(value: Any, where: str) -> Pair:

@@ -115,6 +115,9 @@ class RunContext:
     train_split: ImageSplit
     test_split: ImageSplit
     progress: bool | None = None
+    # Where a method may keep files next to the results (plots, curves); unlike ``workdir``
+    # it survives the run. None when no harness gave one (then a method skips such files).
+    artifacts_dir: Path | None = None
 
     @property
     def num_classes(self) -> int:
@@ -148,8 +151,12 @@ class RunContext:
         return make_loader(self.data, split, train=train, batch_size=size, device=self.device,
                            seed=self.seed + seed_offset, channels_last=self.recipe.channels_last)
 
-    def train_loader(self, batch_size: int | None = None) -> BatchLoader:
-        return self.loader(self.train_split, train=True, batch_size=batch_size)
+    def train_loader(self, batch_size: int | None = None,
+                     images: int | None = None) -> BatchLoader:
+        """Training batches; ``images`` limits them to a fixed class-balanced subset of the
+        train split (e.g. a cheaper phase of a method on the smoke budget)."""
+        split = self.train_split.subset(images, seed=0) if images else self.train_split
+        return self.loader(split, train=True, batch_size=batch_size)
 
     def test_loader(self) -> BatchLoader:
         return self.loader(self.test_split, train=False)
@@ -164,6 +171,7 @@ class RunContext:
         forward: ForwardFn | None = None,
         after_step: Callable[[FitState], None] | None = None,
         after_epoch: Callable[[FitState], None] | None = None,
+        before_epoch: Callable[[FitState], None] | None = None,
         loader: BatchLoader | None = None,
         name: str = "fit",
         **recipe_changes: Any,
@@ -181,7 +189,8 @@ class RunContext:
         return fit(
             model, loss, loader or self.train_loader(recipe.batch_size), recipe,
             device=self.device, params=params, after_step=after_step,
-            after_epoch=after_epoch, checkpoint=self.workdir / f"{name}.ckpt",
+            after_epoch=after_epoch, before_epoch=before_epoch,
+            checkpoint=self.workdir / f"{name}.ckpt",
             desc=f"{self.pair.label} seed{self.seed} {name}", progress=self.progress, **kwargs,
         )
 

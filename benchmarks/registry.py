@@ -16,10 +16,10 @@ from benchmarks.errors import UnknownNameError
 ENTRY_POINT_GROUP = "kdbench.methods"
 
 METHODS = Registry("method", scope="kdbench", locations=["methods"])
-MODELS = Registry("model", scope="kdbench", locations=["benchmarks.models"])
-DATASETS = Registry("dataset", scope="kdbench", locations=["benchmarks.data"])
+MODELS = Registry("model", scope="kdbench", locations=["benchmarks.models", "reid"])
+DATASETS = Registry("dataset", scope="kdbench", locations=["benchmarks.data", "reid"])
 # Evaluators turn a returned model into metrics (top-1, robust accuracy, rank-1/mAP, ...).
-EVALUATORS = Registry("evaluator", scope="kdbench", locations=["benchmarks.evaluators"])
+EVALUATORS = Registry("evaluator", scope="kdbench", locations=["benchmarks.evaluators", "reid"])
 
 _plugins_loaded = False
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)  # resolved method config
     recipe: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # git commit, torch, CPU/GPU
+    test_images: int = 0  # size of the split the metrics were computed on
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -74,10 +75,12 @@ class RunRecord:
         return self.metrics[self.metric_name]
 
 
-def record_path(results_dir: Path, suite: str, budget: str, method: str, teacher: str,
-                student: str, seed: int) -> Path:
+def record_path(results_dir: Path, suite: str, budget: str, data_source: str, method: str,
+                teacher: str, student: str, seed: int) -> Path:
+    """runs/<suite>/<budget>/<data source>/<method>/<teacher>-<student>/seed<N>.json: a run
+    on real data never overwrites or hides one on generated data, and the reverse."""
     safe_method = method.replace("/", "_").replace(":", "+")
-    return (Path(results_dir) / "runs" / suite / budget / safe_method
+    return (Path(results_dir) / "runs" / suite / budget / data_source / safe_method
             / f"{teacher}-{student}" / f"seed{seed}.json")
 
 
@@ -97,8 +100,8 @@ def write_json_atomic(data: Any, path: Path) -> None:
 
 
 def write_record(record: RunRecord, results_dir: Path) -> Path:
-    path = record_path(results_dir, record.suite, record.budget, record.method,
-                       record.teacher, record.student, record.seed)
+    path = record_path(results_dir, record.suite, record.budget, record.data_source,
+                       record.method, record.teacher, record.student, record.seed)
     write_json_atomic(asdict(record), path)
     return path
 
@@ -154,6 +157,7 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             row[f"metric:{name}"] = value
         row["teacher_metric"] = r["teacher_metrics"].get(r["metric_name"], math.nan)
         row["notes"] = "; ".join(r.get("notes", []))
+        row["test_images"] = r.get("test_images", 0)
         for entry in r.get("latency", []):
             key = latency_key(entry)
             row[f"latency_{key}_ms"] = entry["student"]["stats"]["median_ms"]
@@ -266,14 +270,21 @@ def _fmt(value: float, spec: str = ".2f") -> str:
 
 
 TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cuda_t1_b1")  # the rest is in the CSV
+# Opt-in metrics shown in every suite's table whenever some run has them.
+TABLE_METRICS_WHEN_PRESENT = ("robust_top1",)
 
 
-def render_table(board: pd.DataFrame, title: str = "") -> Table:
-    """A readable terminal table of a leaderboard (rich); the CSV has every column."""
+def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = ()) -> Table:
+    """A readable terminal table of a leaderboard (rich); the CSV has every column.
+
+    ``metrics`` names further metrics (besides the headline) to show as mean columns.
+    """
     table = Table(title=title, show_lines=False)
     speed_cols = [c for c in board.columns if c in TABLE_SPEEDUPS or (
         c.startswith("speedup_cpu_t") and c.endswith("_b64") and c != "speedup_cpu_t1_b64")]
-    for col in ["data", "pair", "method", "n", "metric (mean ± std)", "Δ vs ref", "params×",
+    extra = [m for m in dict.fromkeys((*metrics, *TABLE_METRICS_WHEN_PRESENT))
+             if f"{m}_mean" in board.columns]
+    for col in ["data", "pair", "method", "n", "metric (mean ± std)", *extra, "Δ vs ref", "params×",
                 "MACs×", *[c.removeprefix("speedup_").replace("_", " ") + " speed-up"
                            for c in speed_cols], "notes"]:
         table.add_column(col, overflow="fold")
@@ -293,7 +304,8 @@ def render_table(board: pd.DataFrame, title: str = "") -> Table:
         table.add_row(
             r["data_source"], f"{r['teacher']}→{r['student']}",
             escape(r["method"] + (f" [{r['method_label']}]" if r["method_label"] else "")),
-            str(r["n"]), f"{r['metric_name']} {metric}{tie}", delta,
+            str(r["n"]), f"{r['metric_name']} {metric}{tie}",
+            *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
             *[_fmt(r[c], ".2f") + "×" for c in speed_cols], escape(r["notes"]),
         )

@@ -28,7 +28,8 @@ from torch import nn
 
 from benchmarks.config import Budget, Pair, SuiteConfig
 from benchmarks.data import ImageDataset
-from benchmarks.errors import ConfigError, KdbenchError
+from benchmarks.errors import ConfigError, KdbenchError, UnknownNameError
+from benchmarks.evaluators import as_evaluation, evaluator_config
 from benchmarks.measure import (
     LatencySetting,
     assert_deployable,
@@ -114,8 +115,11 @@ class Harness:
         method_overrides: dict[str, dict[str, Any]] | None = None,
         measure_latency: bool = True,
         progress: bool | None = None,
+        evaluators: Sequence[str] = (),
     ):
         self.suite = suite
+        # The suite's evaluators plus opt-in ones (e.g. robust accuracy), each once.
+        self.evaluators = tuple(dict.fromkeys((*suite.evaluators, *evaluators)))
         self.budget: Budget = suite.budget(budget)
         self.results_dir = Path(results_dir)
         self.cache_dir = Path(cache_dir)
@@ -128,12 +132,14 @@ class Harness:
             self.cache_dir, {**suite.teacher_checkpoints, **(teacher_checkpoints or {})})
         self._data: ImageDataset | None = None
         self._teacher_reports: dict[str, Any] = {}
+        self._teacher_scores: dict[str, dict[str, float]] = {}
 
     # ---- data -------------------------------------------------------------------------
     @property
     def data(self) -> ImageDataset:
         if self._data is None:
-            self._data = load_dataset(self.suite, self.dataset_overrides, self.cache_dir)
+            self._data = load_dataset(self.suite, {**self.budget.dataset, **self.dataset_overrides},
+                                      self.cache_dir)
         return self._data
 
     def splits(self):
@@ -145,11 +151,11 @@ class Harness:
     # ---- planning ---------------------------------------------------------------------
     def plan(self, methods: Sequence[str] | None, seeds: Sequence[int] | None) -> RunPlan:
         """Validate names and configs up front, so bad input fails before any training."""
-        names = list(methods) if methods else known(METHODS)
+        names = list(methods) if methods else [*known(METHODS), *self.budget.variants]
         for name in names:
             self.build_method(name)
-        for evaluator in self.suite.evaluators:
-            lookup(EVALUATORS, evaluator)
+        for evaluator in self.evaluators:
+            evaluator_config(evaluator, lookup(EVALUATORS, evaluator), self.suite, self.budget)
         for pair in self.budget.pairs:
             lookup(MODELS, pair.teacher)
             lookup(MODELS, pair.student)
@@ -161,16 +167,32 @@ class Harness:
                        list(seeds) if seeds is not None else list(range(self.budget.seeds)))
 
     def build_method(self, name: str) -> Method:
-        cls = lookup(METHODS, name)
+        """The method registered as ``name``, or the suite's variant ``name`` (its base
+        method's settings, then the variant's config, then ``--set name.key=...``)."""
+        variant = self.suite.variants.get(name)
+        if variant is None:
+            if name not in known(METHODS):
+                raise UnknownNameError("method", name, [*known(METHODS), *self.suite.variants])
+            base, variant_config = name, None
+        elif name in known(METHODS):
+            raise ConfigError(f"variant {name!r} of suite {self.suite.name!r} has the name of a "
+                              "registered method; give the variant another name")
+        else:
+            base, variant_config = variant.method, variant.config
+        cls = lookup(METHODS, base)
         cfg = cls.make_config(
             self.budget.name,
-            self.suite.methods.get(name),
-            self.budget.methods.get(name),
+            self.suite.methods.get(base),
+            self.budget.methods.get(base),
+            variant_config,
             self.method_overrides.get(name),
             name=name,
         )
         method = cls(cfg)
         method.name = name
+        if variant is not None:
+            settings = ", ".join(f"{k}={v}" for k, v in variant.config.items())
+            method.label = "; ".join(filter(None, (cls.label, f"{base} with {settings}")))
         return method
 
     # ---- running ----------------------------------------------------------------------
@@ -185,7 +207,8 @@ class Harness:
                     done += 1
                     prefix = f"[{done}/{plan.total}] {name} {pair.label} seed {seed}"
                     path = record_path(self.results_dir, self.suite.name, self.budget.name,
-                                       name, pair.teacher, pair.student, seed)
+                                       self.data.data_source, name, pair.teacher,
+                                       pair.student, seed)
                     if path.exists() and not force:
                         log.info("%s: record exists, skipped (use --force to re-run)", prefix)
                         continue
@@ -208,6 +231,7 @@ class Harness:
             suite=self.suite, budget=self.budget, pair=pair, seed=seed, device=self.device,
             data=self.data, workdir=workdir, log=log, teacher_provider=lambda: teacher,
             train_split=train_split, test_split=test_split, progress=self.progress,
+            artifacts_dir=self._artifacts_dir(method.name, pair, seed),
         )
         seed_everything(seed)
         t0 = time.perf_counter()
@@ -226,6 +250,13 @@ class Harness:
             log.info("  %s: %s %.2f | params %.3f× | MACs %.3f× of the teacher", r.method,
                      r.metric_name, r.metric, r.params_ratio, r.macs_ratio)
         return paths
+
+    def _artifacts_dir(self, method: str, pair: Pair, seed: int) -> Path:
+        """RESULTS/artifacts/<suite>/<budget>/<method>/<pair>/seed<N>: a run's kept files."""
+        record = record_path(self.results_dir, self.suite.name, self.budget.name,
+                             self.data.data_source, method, pair.teacher, pair.student, seed)
+        runs = self.results_dir / "runs"
+        return self.results_dir / "artifacts" / record.relative_to(runs).with_suffix("")
 
     # ---- teacher ----------------------------------------------------------------------
     def teacher(self, pair: Pair, seed: int) -> tuple[nn.Module, TeacherInfo]:
@@ -266,13 +297,13 @@ class Harness:
         except ValueError as exc:
             raise ContractError(f"method {name!r} returned a model that is not deployable "
                                 f"(the harness measures what is deployed): {exc}") from exc
-        metrics = evaluate_all(self.suite.evaluators, model, ctx)
+        metrics, evaluated_with = run_evaluators(self.evaluators, model, ctx)
         if self.suite.metric not in metrics:
             raise ConfigError(f"suite {self.suite.name!r} reports metric {self.suite.metric!r} "
                               f"but its evaluators produce {', '.join(sorted(metrics))}")
         example = (torch.randn(1, *self.data.input_shape),)
-        cpu_model = copy.deepcopy(model).cpu().eval()
-        cpu_teacher = copy.deepcopy(teacher).cpu().eval()
+        cpu_model = self._deployed(copy.deepcopy(model).cpu().eval(), name)
+        cpu_teacher = self._deployed(copy.deepcopy(teacher).cpu().eval(), "teacher")
         report = inspect_model(cpu_model, example)
         if report.macs is None:
             raise ContractError(f"could not count the MACs of the model {name!r} returned "
@@ -289,7 +320,7 @@ class Harness:
             budget=self.budget.name, method=name, method_label=method.label,
             teacher=ctx.pair.teacher, student=ctx.pair.student, seed=ctx.seed,
             metric_name=self.suite.metric, metrics=metrics, accuracy_statistic="last_epoch",
-            teacher_metrics={"top1": teacher_info.top1, "top5": teacher_info.top5},
+            teacher_metrics=self._teacher_metrics(ctx, teacher, teacher_info),
             teacher_checkpoint={"sha256": teacher_info.sha256, "source": teacher_info.source,
                                 "path": teacher_info.path},
             reference=method.reference,
@@ -300,10 +331,33 @@ class Harness:
             macs_ratio=report.macs / t_report.macs,
             model_report=dataclasses.asdict(report),
             latency=[dataclasses.asdict(r) for r in latency],
-            wall_time_s=wall, notes=list(out.notes), extras=dict(out.extras),
+            wall_time_s=wall, notes=list(out.notes), extras={**out.extras, **(
+                {"evaluators": evaluated_with} if evaluated_with else {})},
             config=config_dict(method.cfg), recipe=dataclasses.asdict(self.budget.train),
-            environment=fingerprint(),
+            environment=fingerprint(), test_images=len(ctx.test_split),
         )
+
+    def _deployed(self, model: nn.Module, name: str) -> nn.Module:
+        """``model`` as the suite deploys it (``deployed_forward``), for measurement."""
+        how = self.suite.deployed_forward
+        if how == "forward":
+            return model
+        if not callable(getattr(model, how, None)):
+            raise ContractError(
+                f"suite {self.suite.name!r} deploys model.{how}(x), but the model of {name!r} "
+                f"({type(model).__name__}) has no {how}() method")
+        return DeployedView(model, how)
+
+    def _teacher_metrics(self, ctx: RunContext, teacher: nn.Module,
+                         info: TeacherInfo) -> dict[str, float]:
+        """The teacher's scores: the cache's top-1/top-5, or, when the headline metric is
+        another one (rank-1, ...), the suite's evaluators, run once per teacher checkpoint."""
+        cached = {"top1": info.top1, "top5": info.top5}
+        if self.suite.metric in cached:
+            return cached
+        if info.sha256 not in self._teacher_scores:
+            self._teacher_scores[info.sha256] = evaluate_all(self.suite.evaluators, teacher, ctx)
+        return self._teacher_scores[info.sha256]
 
     def _teacher_report(self, arch: str, teacher: nn.Module, example):
         if arch not in self._teacher_reports:
@@ -318,18 +372,40 @@ class Harness:
         results = compare_latency(cpu_teacher, cpu_model, self.data.input_shape,
                                   _settings("cpu", cfg.batch_sizes), device="cpu", **kwargs)
         if cfg.cuda and self.device.type == "cuda":
-            results += compare_latency(teacher, model, self.data.input_shape,
+            results += compare_latency(self._deployed(teacher, "teacher"),
+                                       self._deployed(model, "model"), self.data.input_shape,
                                        _settings(str(self.device), cfg.batch_sizes),
                                        device=str(self.device), **kwargs)
         return results
 
 
+class DeployedView(nn.Module):
+    """A model whose ``forward`` is one of its other methods (e.g. ReID's ``embed``)."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return getattr(self.model, self.method)(x)
+
+
 def evaluate_all(names: Sequence[str], model: nn.Module, ctx: RunContext) -> dict[str, float]:
     """Metrics of ``model`` from each named evaluator (registered in ``EVALUATORS``)."""
+    return run_evaluators(names, model, ctx)[0]
+
+
+def run_evaluators(names: Sequence[str], model: nn.Module,
+                   ctx: RunContext) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Metrics of ``model`` and, per evaluator that reports them, the settings used."""
     metrics: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
     for name in names:
-        metrics.update(lookup(EVALUATORS, name)(model, ctx))
-    return metrics
+        result = as_evaluation(lookup(EVALUATORS, name)(model, ctx))
+        metrics.update(result.metrics)
+        if result.details:
+            details[name] = result.details
+    return metrics, details
 
 
 def _settings(device: str, batch_sizes: Sequence[int]) -> list[LatencySetting]:

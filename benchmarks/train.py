@@ -93,6 +93,7 @@ def fit(
     forward: ForwardFn = default_forward,
     after_step: Callable[[FitState], None] | None = None,
     after_epoch: Callable[[FitState], None] | None = None,
+    before_epoch: Callable[[FitState], None] | None = None,
     checkpoint: Path | None = None,
     desc: str = "fit",
     progress: bool | None = None,
@@ -101,7 +102,9 @@ def fit(
 
     ``params`` defaults to the model's trainable parameters (a list of param-group dicts
     is accepted too). With ``checkpoint`` the loop saves after every epoch and resumes
-    from it when it exists, so a killed run continues where it stopped.
+    from it when it exists, so a killed run continues where it stopped. ``before_epoch``
+    runs at the start of every epoch, also the first one after a resume, so per-epoch
+    schedules kept by a method (e.g. a KD temperature) resume exactly too.
     """
     on_cuda = device.type == "cuda"
     model.to(device)
@@ -128,6 +131,8 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loader.set_epoch(epoch)
+        if before_epoch is not None:
+            before_epoch(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
         model.train()
         running = torch.zeros((), device=device)
         n_batches, epoch_images = 0, 0

@@ -71,7 +71,9 @@ def _macs(model: nn.Module) -> int:
 
 
 def test_registered_names() -> None:
-    assert sorted(MODELS.module_dict) == ALL_NAMES
+    # The CIFAR zoo exactly; other packages (reid/) register models of their own.
+    zoo = [n for n, f in MODELS.module_dict.items() if f.__module__.startswith("benchmarks.")]
+    assert sorted(zoo) == ALL_NAMES
 
 
 def test_build_model_through_registry() -> None:

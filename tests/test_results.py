@@ -45,7 +45,8 @@ def write(tmp_path, *records):
 
 def test_record_round_trip_and_layout(tmp_path):
     path = write_record(make_record(), tmp_path)
-    assert path == record_path(tmp_path, "cifar100", "smoke", "kd", "resnet56", "resnet20", 0)
+    assert path == record_path(tmp_path, "cifar100", "smoke", "real", "kd", "resnet56",
+                               "resnet20", 0)
     data = json.loads(path.read_text())
     assert data == json.loads(json.dumps(dataclasses.asdict(make_record())))
     assert data["schema_version"] == SCHEMA_VERSION

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -16,10 +17,15 @@ DATA_SOURCES = ("real", "synthetic")
 # identity equality (and hashing) is what callers need.
 @dataclass(frozen=True, eq=False)
 class ImageSplit:
-    """One split of an image dataset: uint8 images [N, C, H, W] and int64 labels [N]."""
+    """One split of an image dataset: uint8 images [N, C, H, W] and int64 labels [N].
+
+    ``meta`` holds optional per-sample tensors [N, ...] that travel with the images through
+    ``subset``/``take`` (e.g. ReID camera ids under ``"camid"``).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    meta: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -33,6 +39,13 @@ class ImageSplit:
             )
         if len(self.images) != len(self.labels):
             raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
+        for key, value in self.meta.items():
+            if not isinstance(value, torch.Tensor) or len(value) != len(self.labels):
+                raise DatasetError(
+                    f"meta[{key!r}] must be a tensor with one entry per image "
+                    f"({len(self.labels)}); got {type(value).__name__} "
+                    f"{tuple(getattr(value, 'shape', ()))}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,12 +74,21 @@ class ImageSplit:
         # Take all rank-0 images, then rank-1, ...; ties broken by the shuffled position.
         order = torch.argsort(rank * len(self) + torch.arange(len(self)))
         chosen = torch.sort(perm[order[:n]]).values
-        return ImageSplit(self.images[chosen], self.labels[chosen])
+        return self.take(chosen)
+
+    def take(self, index: torch.Tensor) -> ImageSplit:
+        """The images at ``index`` (int64 positions or a bool mask), with their labels and meta."""
+        return ImageSplit(self.images[index], self.labels[index],
+                          {k: v[index] for k, v in self.meta.items()})
 
 
 @dataclass(frozen=True, eq=False)
 class ImageDataset:
-    """A train/test image classification dataset plus what the harness records about it."""
+    """A train/test image classification dataset plus what the harness records about it.
+
+    ``extra_splits`` are further named splits some benchmarks need besides train/test,
+    e.g. a ReID gallery (``test`` is then the query set); same image shape as ``train``.
+    """
 
     name: str
     train: ImageSplit
@@ -79,6 +101,7 @@ class ImageDataset:
     root: str | None
     fingerprint: str
     notice: str | None = None
+    extra_splits: Mapping[str, ImageSplit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.data_source not in DATA_SOURCES:
@@ -94,6 +117,9 @@ class ImageDataset:
             raise DatasetError(f"{self.name}: mean/std need {channels} values (one per channel)")
         if self.train.images.shape[1:] != self.test.images.shape[1:]:
             raise DatasetError(f"{self.name}: train and test images differ in shape")
+        for key, split in self.extra_splits.items():
+            if split.images.shape[1:] != self.train.images.shape[1:]:
+                raise DatasetError(f"{self.name}: split {key!r} differs in image shape from train")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
