@@ -5,6 +5,9 @@
   pruning, unstructured magnitude masks folded into weights.
 - ``bn``: BatchNorm recalibration (Adaptive BN).
 - ``surgery``: generic module replacement.
+- ``temperature``: dynamic KD temperature schedules (T0 decaying to exactly 1).
+- ``branches``: cut a zoo model into shared trunk + branch head (online KD, e.g. OKDDip).
+- ``lma_activation``: the LMA piecewise-linear activation module.
 """
 
 from methods.common.bn import recalibrate_bn
@@ -18,11 +21,14 @@ from methods.common.pruning import (
     magnitude_masks,
 )
 from methods.common.surgery import replace_modules
+from methods.common.temperature import dynamic_temperature, epoch_temperature
 
 __all__ = [
     "apply_masks",
     "classifier_of",
     "coupled_layers",
+    "dynamic_temperature",
+    "epoch_temperature",
     "kd_kl",
     "keep_channels",
     "l1_filter_prune",

@@ -1,0 +1,119 @@
+"""Light Multi-segment Activation (LMA; Xu et al., AAAI 2020, arXiv 1907.06870) as a module.
+
+A layer-wise piecewise-linear activation: the interval ``mean ± 3·std`` of the layer's input
+(statistics over the whole tensor: batch, channels and positions) is cut into K equal
+segments, values outside it belong to the first/last segment, and segment k computes
+``(a_k + a0_k)·x + b_k``. ``a`` and ``b`` are 2K learnable scalars shared by all channels;
+``a0`` is a fixed slope offset (0 on the lower half of the segments, 1 on the upper half),
+so at initialisation LMA is a ReLU-like step at the mean. Training uses the batch
+statistics and updates running ones (momentum 0.99, no bias correction, as in the authors'
+code); evaluation uses the running ones, so eval output depends on x alone.
+
+Two implementations give the same output:
+
+- ``naive``: the authors' formulation, ``floor((x - m + 3s) / step)`` clamped to [0, K-1]
+  as int64, two ``index_select`` gathers, then a multiply and an add.
+- ``fused`` (default): the segment index in two in-place passes (``(x - lo) · 1/step``
+  clamped, then truncated to int32: truncation equals floor after clamping at 0), the same
+  two gathers with int32 indices, and one fused multiply-add (``addcmul``).
+
+``torch.bucketize`` over the K-1 segment edges is correct too but measured slower than
+both on CPU (a binary search per element); ``benchmarks/perf/lma_activation.py`` prints
+the per-element costs of all three next to ReLU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmarks.errors import ConfigError
+
+IMPLEMENTATIONS = ("fused", "naive")
+SPAN_STDS = 3.0  # segments tile [mean - 3 std, mean + 3 std]
+_MIN_STD = 1e-12  # a constant input has std 0; keep the segment width finite
+
+
+def slope_offsets(num_segments: int) -> torch.Tensor:
+    """The fixed slopes a0: 0 for the lower K//2 segments, 1 for the rest (K=1: identity)."""
+    lower = num_segments // 2
+    return torch.tensor([0.0] * lower + [1.0] * (num_segments - lower))
+
+
+class LMA(nn.Module):
+    """Piecewise-linear activation with K segments over the input's mean ± 3 std."""
+
+    def __init__(self, num_segments: int = 8, momentum: float = 0.99, impl: str = "fused"):
+        super().__init__()
+        if num_segments < 1:
+            raise ConfigError(f"LMA num_segments must be at least 1, got {num_segments}")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"LMA momentum must be in [0, 1), got {momentum}")
+        if impl not in IMPLEMENTATIONS:
+            raise ConfigError(f"LMA impl must be one of {', '.join(IMPLEMENTATIONS)}, "
+                              f"got {impl!r}")
+        self.num_segments = num_segments
+        self.momentum = momentum
+        self.impl = impl
+        self.slopes = nn.Parameter(torch.zeros(num_segments))  # a, learned
+        self.intercepts = nn.Parameter(torch.zeros(num_segments))  # b, learned
+        self.register_buffer("slope_offsets", slope_offsets(num_segments))
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_std", torch.zeros(()))
+
+    def extra_repr(self) -> str:
+        return f"num_segments={self.num_segments}, momentum={self.momentum}, impl={self.impl!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._statistics(x)
+        slopes = self.slopes + self.slope_offsets
+        if self.impl == "naive":
+            return self._naive(x, mean, std, slopes)
+        return self._fused(x, mean, std, slopes)
+
+    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch statistics in training (and update the running ones), running ones in eval."""
+        if not self.training:
+            return self.running_mean, self.running_std
+        flat = x.detach()
+        mean, std = flat.mean(), flat.std()
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), 1.0 - self.momentum)
+            self.running_std.lerp_(std.to(self.running_std.dtype), 1.0 - self.momentum)
+        return mean, std
+
+    def segment_index(self, x: torch.Tensor, mean: torch.Tensor,
+                      std: torch.Tensor) -> torch.Tensor:
+        """Segment of every element (int32, same shape as x); NaN inputs go to segment 0."""
+        std = std.clamp_min(_MIN_STD)
+        lower = mean - SPAN_STDS * std
+        inv_step = self.num_segments / (2 * SPAN_STDS * std)
+        position = x.detach().sub(lower).mul_(inv_step)
+        # A NaN would become an out-of-range index; as 0 it stays NaN in the output instead,
+        # where the training loop's finite-loss check reports it.
+        position.clamp_(0, self.num_segments - 1).nan_to_num_(nan=0.0)
+        return position.to(torch.int32)
+
+    def edges(self) -> torch.Tensor:
+        """The K-1 inner segment boundaries of the running statistics (eval mode)."""
+        std = self.running_std.clamp_min(_MIN_STD)
+        lower = self.running_mean - SPAN_STDS * std
+        step = 2 * SPAN_STDS * std / self.num_segments
+        return lower + step * torch.arange(1, self.num_segments, device=std.device)
+
+    def _fused(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               slopes: torch.Tensor) -> torch.Tensor:
+        index = self.segment_index(x, mean, std).view(-1)
+        flat = x.reshape(-1)
+        out = torch.addcmul(self.intercepts.index_select(0, index),
+                            slopes.index_select(0, index), flat)
+        return out.view(x.shape)
+
+    def _naive(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               slopes: torch.Tensor) -> torch.Tensor:
+        step = 2 * SPAN_STDS * std.clamp_min(_MIN_STD) / self.num_segments
+        index = torch.clamp(torch.floor((x.detach() - mean + SPAN_STDS * std) / step),
+                            0, self.num_segments - 1).long().view(-1)
+        slope = torch.index_select(slopes, 0, index).view(x.shape)
+        intercept = torch.index_select(self.intercepts, 0, index).view(x.shape)
+        return slope * x + intercept

@@ -1,0 +1,122 @@
+"""LMA: Light Multi-segment Activation for model compression (Xu et al., AAAI 2020).
+
+Every ReLU of the student is replaced by an LMA layer (K-segment piecewise-linear
+activation over the input's mean ± 3 std, 2K learnable scalars per layer; see
+``methods/common/lma_activation.py``) and the student is trained from scratch with Hinton
+KD as in the authors' code: 0.7 · T²·KL + 0.3 · CE with T = 2. The teacher keeps ReLU.
+LMA adds no conv MACs, but its CPU cost is real: the harness times the returned model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.config import Pair, TrainRecipe
+from benchmarks.errors import ConfigError
+from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
+from benchmarks.registry import METHODS, build_model
+from methods.common import kd_kl, replace_modules
+from methods.common.lma_activation import IMPLEMENTATIONS, LMA
+
+# main_wrn.py (CIFAR-100): SGD nesterov, momentum 0.9, lr 0.1, wd 5e-4, batch 128,
+# 200 epochs, lr x0.2 after epochs 60, 120 and 160.
+PAPER_RECIPE: dict[str, Any] = dict(
+    epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+    schedule="multistep", milestones=(60, 120, 160), gamma=0.2, warmup_epochs=0,
+)
+
+
+def use_lma(model: nn.Module, num_segments: int, momentum: float = 0.99,
+            impl: str = "fused") -> int:
+    """Replace every ``nn.ReLU`` of ``model`` by a fresh LMA layer; returns how many."""
+    return replace_modules(model, lambda m: isinstance(m, nn.ReLU),
+                           lambda _name, _relu: LMA(num_segments, momentum, impl))
+
+
+def lma_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                temperature: float, kd_weight: float) -> torch.Tensor:
+    """kd_weight · T²·KL(teacher ‖ student) + (1 - kd_weight) · CE (the authors' weighting)."""
+    return kd_weight * kd_kl(logits, teacher_logits, temperature) + (
+        1.0 - kd_weight) * F.cross_entropy(logits, labels)
+
+
+@METHODS.register_module("lma")
+class LMAMethod(Method):
+    """Student with every ReLU replaced by LMA, trained by KD from the teacher."""
+
+    @dataclass(frozen=True)
+    class Config:
+        num_segments: int = 8  # K
+        temperature: float = 2.0
+        kd_weight: float = 0.7  # weight of the KD term; CE gets 1 - kd_weight
+        momentum: float = 0.99  # of LMA's running mean/std
+        impl: str = "fused"  # fused | naive (same output; see lma_activation.py)
+        # Also train the same student with ReLU and the same loss: the paper's comparison,
+        # returned as the control row "lma:relu".
+        relu_control: bool = True
+        # Changes to the budget's training recipe; default: the paper's CIFAR-100 schedule.
+        recipe: dict[str, Any] = field(default_factory=lambda: dict(PAPER_RECIPE))
+
+        def __post_init__(self) -> None:
+            if self.num_segments < 1:
+                raise ConfigError(f"lma num_segments must be at least 1, got "
+                                  f"{self.num_segments}")
+            if not 0.0 <= self.kd_weight <= 1.0 or self.temperature <= 0:
+                raise ConfigError("lma needs 0 <= kd_weight <= 1 and temperature > 0, got "
+                                  f"kd_weight={self.kd_weight}, temperature={self.temperature}")
+            if self.impl not in IMPLEMENTATIONS:
+                raise ConfigError(f"lma impl must be one of {', '.join(IMPLEMENTATIONS)}, "
+                                  f"got {self.impl!r}")
+            TrainRecipe().replace(**self.recipe)  # unknown recipe keys fail at load time
+
+    # Smaller budgets use the suite's recipe (comparable with the kd row) and, in smoke,
+    # skip the ReLU control to stay cheap.
+    budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"recipe": {}, "relu_control": False},
+        "short": {"recipe": {}},
+    }
+
+    def supports(self, pair: Pair) -> str | None:
+        if not any(isinstance(m, nn.ReLU) for m in build_model(pair.student, 10).modules()):
+            return f"{pair.student} has no nn.ReLU modules to replace"
+        return None
+
+    def run(self, ctx: RunContext) -> Compressed:
+        cfg = self.cfg
+        teacher = ctx.teacher()
+        recipe = ctx.recipe.replace(**cfg.recipe)
+        student = ctx.build_student()
+        layers = use_lma(student, cfg.num_segments, cfg.momentum, cfg.impl)
+        self._distil(ctx, student, teacher, recipe, "fit")
+        controls = {}
+        if cfg.relu_control:
+            relu_student = ctx.build_student()
+            self._distil(ctx, relu_student, teacher, recipe, "relu_control")
+            controls["relu"] = Compressed(
+                model=relu_student, notes=["same student and KD loss as lma, ReLU kept"])
+        notes = [f"{layers} LMA layers, K={cfg.num_segments}"]
+        if recipe != ctx.recipe:
+            notes.append("trained with LMA's own schedule, not the suite's")
+        return Compressed(
+            model=student, controls=controls, notes=notes,
+            extras={"lma_layers": layers,
+                    "lma_params": 2 * cfg.num_segments * layers,
+                    "train_recipe": dataclasses.asdict(recipe)},
+        )
+
+    def _distil(self, ctx: RunContext, student: nn.Module, teacher: FrozenTeacher,
+                recipe: TrainRecipe, name: str) -> None:
+        cfg = self.cfg
+
+        def loss(batch, logits: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                t_logits = teacher(batch.x)
+            return lma_kd_loss(logits, t_logits, batch.y, cfg.temperature, cfg.kd_weight)
+
+        ctx.fit(student, loss, recipe=recipe, name=name)
