@@ -1,0 +1,273 @@
+"""Combine-Net (Wang, Li & Zhang 2021): Adaptive-BN scoring, Kneedle pruning rate, KD retrain.
+
+The trained teacher's filters are ranked by L1 norm. For each rate of an ascending grid a
+candidate sub-net is cut physically, its BatchNorm statistics are re-estimated on training
+batches (Adaptive BN, Li et al. 2020; never the test split) and it is scored on images held
+out of the training split. The knee of the concave, decreasing accuracy-vs-rate curve
+(Kneedle, ``kneed``) is the pruning rate; the sub-net cut there is retrained with KD from
+the unpruned teacher.
+
+``rate_mode="global"`` applies one rate to every channel group. ``"per_block"`` sweeps each
+channel group alone and takes each group's own knee: a uniform rate r scales params and
+MACs alike by ≈ (1 − r)², so only per-block rates can give the paper's VGG-16 split (−95 %
+params, −83 % FLOPs). A block here is a channel group: one conv of a VGG, the inner channel
+of a residual block, or a ResNet stage's summed channels.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from kneed import KneeLocator
+from torch import nn
+
+from benchmarks.data import ImageSplit
+from benchmarks.errors import ConfigError
+from benchmarks.method import Compressed, Method, RunContext
+from benchmarks.registry import METHODS
+from benchmarks.train import evaluate
+from methods.common.bn import recalibrate_bn
+from methods.common.losses import kd_kl
+from methods.common.pruning import (
+    ChannelGroup,
+    analytic_macs,
+    channel_groups,
+    classifier_of,
+    keep_channels,
+    kept_channel_count,
+    l1_kept_channels,
+)
+
+RATE_MODES = ("global", "per_block")
+PLOT_NAME = "combine_net_curve.png"
+
+
+def kneedle(x: Sequence[float], y: Sequence[float], *, curve: str = "concave",
+            direction: str = "decreasing", sensitivity: float = 1.0) -> float | None:
+    """The knee of ``y(x)`` by Kneedle (``kneed``, offline, interp1d), or None if none.
+
+    ``x`` must be ascending. kneed's own warnings (no knee, a flat curve's division by
+    zero) are silenced: None is the answer then.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        knee = KneeLocator(list(x), list(y), S=sensitivity, curve=curve, direction=direction,
+                           interp_method="interp1d", online=False).knee
+    return None if knee is None else float(knee)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The rate picked from one accuracy-vs-rate curve, and how."""
+
+    rate: float
+    by: str  # "kneedle" | "fallback"
+    reason: str = ""  # why the fallback was needed
+
+
+def lies_above_chord(x: Sequence[float], y: Sequence[float]) -> bool:
+    """Whether the curve lies, on average, on or above the chord joining its end points.
+
+    A concave curve does; one that falls at once and then flattens (convex) does not, and
+    a concave knee found on it would be an artefact (the last grid point).
+    """
+    x0, x1, y0, y1 = x[0], x[-1], y[0], y[-1]
+    chord = [y0 + (y1 - y0) * (xi - x0) / (x1 - x0) for xi in x]
+    return sum(yi - ci for yi, ci in zip(y, chord, strict=True)) >= 0
+
+
+def choose_rate(rates: Sequence[float], accuracies: Sequence[float], sensitivity: float,
+                tolerance: float) -> Choice:
+    """Kneedle's knee of the concave, decreasing curve; when there is none (or the curve
+    is not concave), the largest rate whose accuracy is within ``tolerance`` points of
+    the first (least pruned) candidate's."""
+    if not lies_above_chord(rates, accuracies):
+        reason = "curve not concave (below its chord)"
+    else:
+        knee = kneedle(rates, accuracies, sensitivity=sensitivity)
+        if knee is not None:
+            return Choice(knee, "kneedle")
+        reason = "Kneedle found no knee"
+    floor = accuracies[0] - tolerance
+    return Choice(max(r for r, a in zip(rates, accuracies, strict=True) if a >= floor),
+                  "fallback", reason)
+
+
+def holdout(split: ImageSplit, n: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
+    """(rest, held): ``n`` random images held out of ``split`` and the others, disjoint."""
+    if not 0 < n < len(split):
+        raise ConfigError(f"combine_net.val_images must be in [1, {len(split) - 1}] for a "
+                          f"training split of {len(split)} images, got {n}")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    held, rest = order[:n].sort().values, order[n:].sort().values
+    return (ImageSplit(split.images[rest], split.labels[rest]),
+            ImageSplit(split.images[held], split.labels[held]))
+
+
+@METHODS.register_module("combine_net")
+class CombineNet(Method):
+    """L1 filter ranking, Adaptive-BN candidate scoring, Kneedle rate, KD retraining."""
+
+    label = "after Wang et al. 2021"
+
+    @dataclass(frozen=True)
+    class Config:
+        rates: tuple[float, ...] = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95 [R]
+        rate_mode: str = "global"  # "global" | "per_block"
+        calib_batches: int = 100  # Adaptive BN: EagleEye's ~100 training batches
+        calib_batch_size: int = 64
+        val_images: int = 5000  # held out of the training split to score candidates [R]
+        sensitivity: float = 1.0  # Kneedle's S
+        fallback_tolerance: float = 1.0  # points of accuracy the no-knee fallback may lose
+        temperature: float = 4.0  # KD retraining [R]: (1 − α)·CE + α·T²·KL
+        alpha: float = 0.9
+        epochs: int = 120  # retraining [R: EagleEye's fine-tune, 120 epochs, lr 0.01]
+        lr: float = 0.01
+        schedule: str = "cosine"
+        train_images: int | None = None  # a fixed subset for retraining; None: the whole split
+
+        def __post_init__(self) -> None:
+            rates = list(self.rates)
+            if len(rates) < 3 or any(b <= a for a, b in pairwise(rates)) \
+                    or rates[0] < 0 or rates[-1] >= 1:
+                raise ConfigError(f"combine_net.rates must be >= 3 strictly ascending rates in "
+                                  f"[0, 1) (Kneedle needs increasing x), got {self.rates}")
+            if self.rate_mode not in RATE_MODES:
+                raise ConfigError(f"combine_net.rate_mode must be one of {RATE_MODES}, got "
+                                  f"{self.rate_mode!r}")
+
+    # Smoke (compression.md §5.4): 10-point grid, 10 calibration batches of 64, 256 held-out
+    # images, one KD epoch on 512 images.
+    budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {
+        "rates": tuple(i / 10 for i in range(10)), "calib_batches": 10, "val_images": 256,
+        "epochs": 1, "train_images": 512,
+    }}
+
+    def run(self, ctx: RunContext) -> Compressed:
+        cfg = self.cfg
+        teacher = ctx.teacher()
+        base = copy.deepcopy(teacher.model).requires_grad_(True)
+        example = ctx.example_input()
+        groups = channel_groups(base, example, exclude=[classifier_of(base)])
+        scorer = CandidateScorer(ctx, base, example, cfg)
+        if cfg.rate_mode == "global":
+            curves = {"all": scorer.curve(groups, groups)}
+        else:
+            curves = {g.name: scorer.curve(groups, [g]) for g in groups}
+        choices = {name: choose_rate(cfg.rates, acc, cfg.sensitivity, cfg.fallback_tolerance)
+                   for name, acc in curves.items()}
+        plan = {g: choices["all" if cfg.rate_mode == "global" else g.name].rate for g in groups}
+        kept = {g: kept_channel_count(g.channels, r) for g, r in plan.items()}
+        macs_before, macs_after = analytic_macs(base, example, {}), \
+            analytic_macs(base, example, kept)
+        student = scorer.cut(plan)
+        self.retrain(ctx, student, teacher)
+        extras = {
+            "rate_mode": cfg.rate_mode, "rates": list(cfg.rates),
+            "curves": {name: [[r, a] for r, a in zip(cfg.rates, acc, strict=True)]
+                       for name, acc in curves.items()},
+            "chosen_rates": {name: c.rate for name, c in choices.items()},
+            "rate_selection": {name: c.by + (f": {c.reason}" if c.reason else "")
+                               for name, c in choices.items()},
+            "knee_fallback": any(c.by == "fallback" for c in choices.values()),
+            "kept_channels": {g.name: [kept[g], g.channels] for g in groups},
+            "analytic_macs_ratio": macs_after / macs_before,
+            "candidate_scoring": scorer.description(),
+            "base_model": "teacher",
+            "curve_plot": plot_curves(ctx.artifacts_dir, cfg.rates, curves, choices),
+        }
+        notes = ["knee not found: fallback rate used"] if extras["knee_fallback"] else []
+        return Compressed(model=student.eval(), extras=extras, notes=notes)
+
+    def retrain(self, ctx: RunContext, student: nn.Module, teacher: nn.Module) -> None:
+        """KD from the unpruned teacher: (1 − α)·CE + α·T²·KL."""
+        cfg = self.cfg
+
+        def loss(batch, logits: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                t_logits = teacher(batch.x)
+            return (1 - cfg.alpha) * F.cross_entropy(logits, batch.y) + cfg.alpha * kd_kl(
+                logits, t_logits, cfg.temperature)
+
+        loader = ctx.loader(ctx.train_split.subset(cfg.train_images, seed=0), train=True)
+        ctx.fit(student, loss, loader=loader, name="retrain", epochs=cfg.epochs, lr=cfg.lr,
+                schedule=cfg.schedule, warmup_epochs=0)
+
+
+class CandidateScorer:
+    """Cuts candidate sub-nets of ``base`` and scores them with Adaptive BN.
+
+    Calibration batches come from the training split minus the held-out images, which are
+    the only images a candidate is scored on; the test split is never read.
+    """
+
+    def __init__(self, ctx: RunContext, base: nn.Module, example: torch.Tensor, cfg: Any):
+        self.base, self.example, self.cfg, self.device = base, example, cfg, ctx.device
+        self.names = {id(m): n for n, m in base.named_modules()}
+        calib_split, held_split = holdout(ctx.train_split, cfg.val_images, seed=ctx.seed)
+        self.calibration = ctx.loader(calib_split, train=True, batch_size=cfg.calib_batch_size)
+        self.held_out = ctx.loader(held_split, train=False)
+        self.n_held_out = len(held_split)
+
+    def cut(self, rates: Mapping[ChannelGroup, float]) -> nn.Module:
+        """A physically pruned copy of ``base``: each group keeps its top-L1 channels."""
+        candidate = copy.deepcopy(self.base)
+        modules = dict(candidate.named_modules())
+        keep = {modules[self.names[id(g.layers[0])]]: l1_kept_channels(g, r)
+                for g, r in rates.items() if r > 0}
+        return keep_channels(candidate, self.example, keep)
+
+    def score(self, candidate: nn.Module) -> float:
+        """Top-1 on the held-out images after recalibrating BN on training batches."""
+        self.calibration.set_epoch(0)  # the same calibration batches for every candidate
+        recalibrate_bn(candidate, self.calibration, max_batches=self.cfg.calib_batches)
+        return evaluate(candidate, self.held_out, self.device)["top1"]
+
+    def curve(self, groups: Sequence[ChannelGroup],
+              pruned: Sequence[ChannelGroup]) -> list[float]:
+        """Accuracy at each grid rate with the ``pruned`` groups cut at that rate."""
+        return [self.score(self.cut({g: rate for g in pruned})) for rate in self.cfg.rates]
+
+    def description(self) -> dict[str, Any]:
+        return {"adaptive_bn": True, "calibration_split": "train (held-out images excluded)",
+                "calib_batches": min(self.cfg.calib_batches, len(self.calibration)),
+                "calib_batch_size": self.cfg.calib_batch_size,
+                "held_out_images": self.n_held_out, "bn_momentum": "cumulative"}
+
+
+def plot_curves(folder: Path | None, rates: Sequence[float], curves: Mapping[str, list[float]],
+                choices: Mapping[str, Choice]) -> str | None:
+    """Accuracy-vs-rate curves with the chosen rates marked, as a PNG in ``folder``.
+
+    Drawn with matplotlib's object API on the Agg canvas (no display, no global backend
+    change); returns the path, or None without a folder or without matplotlib.
+    """
+    if folder is None:
+        return None
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for name, acc in curves.items():
+        chosen = choices[name]
+        line, = ax.plot(rates, acc, marker="o", markersize=3,
+                        label=f"{name}: r={chosen.rate:g} ({chosen.by})")
+        ax.axvline(chosen.rate, color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set(xlabel="pruning rate", ylabel="held-out top-1 after Adaptive BN (%)",
+           title="Combine-Net: accuracy vs pruning rate (dashed: chosen rate)")
+    if len(curves) <= 12:
+        ax.legend(fontsize="small")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PLOT_NAME
+    fig.savefig(path, dpi=120)
+    return str(path)

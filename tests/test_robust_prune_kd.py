@@ -1,0 +1,253 @@
+"""Robust pruning + KD (compression.md §4.4): prox operators, zero-channel removal, the
+adversarial KD loop (attack against the student, frozen teacher), sparsity vs λ, controls."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.errors import ConfigError
+from benchmarks.measure import count_macs
+from benchmarks.measure.params import deployment_problems, zero_filters_by_layer
+from benchmarks.method import FrozenTeacher
+from benchmarks.registry import build_model
+from methods.common.proximal import (
+    group_soft_threshold,
+    prox_group_,
+    prox_l1_,
+    soft_threshold,
+)
+from methods.common.pruning import (
+    channel_groups,
+    classifier_of,
+    prunable_layers,
+    remove_zero_channels,
+)
+from methods.robust_prune_kd import RobustPruneKD, zero_weakest_channels
+
+X = torch.randn(2, 3, 32, 32)
+TINY = {"controls": (), "attack_steps": 1, "prox_epochs": 1, "finetune_epochs": 1,
+        "train_images": 128}
+
+
+def resnet8(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("resnet8", num_classes=100).eval()
+
+
+def method(**overrides) -> RobustPruneKD:
+    m = RobustPruneKD(RobustPruneKD.make_config("smoke", {**TINY, **overrides}))
+    m.name = "robust_prune_kd"
+    return m
+
+
+# ---- proximal operators --------------------------------------------------------------
+def test_soft_threshold_values():
+    out = soft_threshold(torch.tensor([3.0, -0.5, 0.2]), 1.0)
+    assert torch.equal(out, torch.tensor([2.0, 0.0, 0.0]))
+
+
+def test_group_prox_zeroes_a_group_iff_its_norm_is_at_most_the_threshold():
+    rows = torch.tensor([[0.3, 0.4], [0.6, 0.8], [0.9, 1.2]])  # norms 0.5, 1.0, 1.5
+    out = group_soft_threshold(rows, 1.0)
+    assert torch.equal(out[0], torch.zeros(2)) and torch.equal(out[1], torch.zeros(2))
+    assert torch.allclose(out[2], rows[2] * (1 - 1.0 / 1.5))
+
+
+def test_prox_with_zero_lambda_is_the_identity():
+    v = torch.randn(50)
+    assert torch.equal(soft_threshold(v, 0.0), v)
+    assert torch.equal(group_soft_threshold(v.view(5, 10), 0.0), v.view(5, 10))
+    model = resnet8()
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    prox_group_(channel_groups(model, X, exclude=[classifier_of(model)]), 0.0)
+    prox_l1_([m.weight for m in prunable_layers(model)], 0.0)
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())
+
+
+def test_group_prox_zeroes_whole_channels_including_their_batchnorm():
+    model = resnet8()
+    groups = channel_groups(model, X, exclude=[classifier_of(model)])
+    norms = torch.cat([g.squared_norms().sqrt() for g in groups])
+    threshold = float(norms.median())
+    prox_group_(groups, threshold)
+    zero = torch.cat([g.squared_norms() == 0 for g in groups])
+    assert torch.equal(zero, norms <= threshold)
+    block = model.layer1[0]
+    dead = (block.conv1.weight.flatten(1).abs().sum(1) == 0).nonzero().flatten()
+    assert torch.all(block.bn1.weight[dead] == 0) and torch.all(block.bn1.bias[dead] == 0)
+
+
+# ---- physical removal of zero channels ------------------------------------------------
+def test_removing_zero_channels_is_exact_and_respects_residual_coupling():
+    model = resnet8()
+    head = classifier_of(model)
+    stage = next(g for g in channel_groups(model, X, exclude=[head]) if model.conv1 in g.layers)
+    inner = model.layer1[0]
+    with torch.no_grad():
+        for t in (inner.conv1.weight, inner.bn1.weight, inner.bn1.bias):
+            t[[1, 5]] = 0  # an intra-block channel: its group is conv1 alone
+        stage.layers[0].weight[3] = 0  # residual channel 3, zero in ONE coupled layer only
+    reference = model(X)
+    before = count_macs(model, (X,))
+    removed = remove_zero_channels(model, X, exclude=[head])
+    assert removed == 2 and inner.conv1.out_channels == 14
+    assert model.conv1.out_channels == 16  # channel 3 lives on in the other coupled layers
+    assert torch.allclose(model(X), reference, atol=1e-5)
+    assert count_macs(model, (X,)) < before and deployment_problems(model) == []
+
+
+def test_a_residual_channel_goes_when_it_is_zero_in_every_coupled_layer():
+    model = resnet8()
+    head = classifier_of(model)
+    stage = next(g for g in channel_groups(model, X, exclude=[head]) if model.conv1 in g.layers)
+    with torch.no_grad():
+        for t in stage.channel_tensors():
+            t[3] = 0
+    reference = model(X)
+    assert remove_zero_channels(model, X, exclude=[head]) == 1
+    assert model.conv1.out_channels == 15
+    assert torch.allclose(model(X), reference, atol=1e-5)
+
+
+def test_hard_threshold_keeps_the_strongest_channels_and_one_per_group():
+    model = resnet8()
+    groups = channel_groups(model, X, exclude=[classifier_of(model)])
+    total = sum(g.channels for g in groups)
+    zero_weakest_channels(groups, total // 2)
+    alive = [int((g.squared_norms() > 0).sum()) for g in groups]
+    assert all(a >= 1 for a in alive)
+    assert total // 2 <= sum(alive) <= total // 2 + len(groups)
+
+
+# ---- the adversarial KD loop -----------------------------------------------------------
+def test_attack_targets_the_student_and_the_teacher_is_never_updated(make_context,
+                                                                     monkeypatch):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    teacher = ctx.teacher()
+    before = {k: t.clone() for k, t in teacher.state_dict().items()}
+    monkeypatch.setattr(ctx, "teacher", lambda: teacher)
+    calls = {"teacher_grad_inputs": 0, "teacher": 0, "student_attack": 0}
+
+    def on_teacher(module, inputs, output):
+        calls["teacher"] += 1
+        calls["teacher_grad_inputs"] += int(inputs[0].requires_grad)
+
+    teacher.register_forward_hook(on_teacher)
+    m = method(attack_steps=2)
+    student_from = m.student_from
+
+    def spied_student(t):
+        student = student_from(t)
+
+        def on_student(module, inputs, output):  # attack passes: input needs grad, eval mode
+            calls["student_attack"] += int(inputs[0].requires_grad and not module.training)
+
+        student.register_forward_hook(on_student)
+        return student
+
+    monkeypatch.setattr(m, "student_from", spied_student)
+    out = m.run(ctx)
+    steps = 2 * (128 // 64)  # two phases of two batches
+    assert calls["student_attack"] == 2 * steps  # PGD-2 against the student every step
+    assert calls["teacher"] == steps and calls["teacher_grad_inputs"] == 0
+    assert all(torch.equal(before[k], t) for k, t in teacher.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert out.model is not teacher.model
+
+
+def _prox_sparsity(ctx, lam: float, sparsity: str) -> float:
+    m = method(sparsity=sparsity, lam=lam)
+    student = m.student_from(ctx.teacher())
+    groups = m.groups(student, ctx.example_input())
+    torch.manual_seed(0)
+    m.adversarial_fit(ctx, student, lambda b, out: nn.functional.cross_entropy(out.logits, b.y),
+            f"prox-{sparsity}-{lam}", 1, after_step=m.prox_hook(student, groups, lam))
+    return m.sparsity(student, groups)
+
+
+@pytest.mark.parametrize(("sparsity", "lams"), [("unstructured", (0.0, 1.0, 4.0)),
+                                                 ("filter", (0.0, 75.0, 100.0))])
+def test_sparsity_grows_with_lambda(make_context, sparsity, lams):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    found = [_prox_sparsity(ctx, lam, sparsity) for lam in lams]
+    assert found[0] == 0.0 < found[1]  # λ = 0: plain training, no exact zeros
+    assert found == sorted(found) and found[-1] >= 0.3, found  # ≥ 30 % zeros (§4.5)
+
+
+def test_structured_run_returns_a_physically_smaller_model(make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    out = method(compression=4.0).run(ctx)
+    teacher = ctx.teacher().model
+    assert count_macs(out.model, (X,)) < count_macs(teacher, (X,))
+    assert sum(p.numel() for p in out.model.parameters()) < sum(
+        p.numel() for p in teacher.parameters())
+    assert zero_filters_by_layer(out.model) == {} and deployment_problems(out.model) == []
+    assert out.extras["target_compression"] == 4.0 and out.notes == []
+
+
+def test_unstructured_run_reaches_the_target_and_keeps_the_zero_pattern(make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    out = method(sparsity="unstructured", compression=4.0, lam=0.5).run(ctx)
+    weights = torch.cat([m.weight.flatten() for m in prunable_layers(out.model)])
+    assert (weights == 0).float().mean() >= 0.75 - 1e-3  # after the masked fine-tune
+    assert out.extras["final_weight_sparsity"] >= 0.75 - 1e-3
+    assert any("unstructured" in n for n in out.notes)
+    assert deployment_problems(out.model) == []
+
+
+def test_controls_become_extra_rows(make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    out = method(controls=("magnitude_adv_ft", "prox_no_kd"), train_images=64).run(ctx)
+    assert set(out.controls) == {"magnitude_adv_ft", "prox_no_kd"}
+    assert out.controls["prox_no_kd"].extras["alpha"] == 0.0
+    assert out.controls["magnitude_adv_ft"].extras["phase_epochs"] == [2]
+    for control in out.controls.values():
+        assert deployment_problems(control.model) == []
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ConfigError, match="sparsity must be one of"):
+        method(sparsity="channel")
+    with pytest.raises(ConfigError, match=r"controls: unknown.*magnitude_adv_ft"):
+        method(controls=("admm",))
+    with pytest.raises(ConfigError, match="compression > 1"):
+        method(compression=1.0)
+
+
+def test_frozen_teacher_copy_is_a_trainable_student():
+    teacher = FrozenTeacher(resnet8())
+    student = RobustPruneKD.student_from(teacher)
+    assert student.training and all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert dataclasses.is_dataclass(RobustPruneKD.Config)
+
+
+def test_the_compression_sweep_is_suite_variants_sharing_one_lambda(make_harness):
+    harness = make_harness(budget="full")
+    assert {"robust_prune_kd_x2", "robust_prune_kd_x4", "robust_prune_kd_x8"} <= set(
+        harness.budget.variants)
+    main = harness.build_method("robust_prune_kd")
+    assert main.cfg.compression == 16.0 and main.effective_lam == pytest.approx(4 * main.cfg.lam)
+    for factor in (2, 4, 8):
+        variant = harness.build_method(f"robust_prune_kd_x{factor}")
+        assert variant.cfg.compression == factor and variant.cfg.controls == ()
+        assert variant.effective_lam == pytest.approx(math.log2(factor) * main.cfg.lam)
+
+
+def test_admm_baseline_of_the_memory_benchmark_keeps_two_weight_copies():
+    from benchmarks.perf.prox_vs_admm_memory import Admm
+
+    model = resnet8()
+    layers = prunable_layers(model)
+    admm = Admm(layers, keep_fraction=0.5, rho=1e-3)
+    assert admm.state_bytes() == 2 * sum(m.weight.numel() * 4 for m in layers)
+    kept = (admm.z[0].flatten(1).abs().sum(1) > 0).sum()
+    assert kept == math.ceil(0.5 * layers[0].out_channels)
+    assert admm.penalty() > 0  # Z is the projection, W is not
+    admm.update()
+    assert torch.equal(admm.u[0], layers[0].weight.detach() - admm.z[0])
