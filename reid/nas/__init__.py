@@ -1,0 +1,29 @@
+"""KDAS-ReID's search space: candidate ops (with the part-aware module), the DARTS supernet,
+genotypes and the derived network rebuilt from a genotype."""
+
+from reid.nas.genotype import Genotype, derive_genotype, num_edges
+from reid.nas.networks import (
+    DerivedNetwork,
+    MacroSpec,
+    MixedOp,
+    Supernet,
+    build_derived,
+)
+from reid.nas.ops import OPS, PARTS, SEARCH_SPACE, PartAware, build_op, check_ops
+
+__all__ = [
+    "OPS",
+    "PARTS",
+    "SEARCH_SPACE",
+    "DerivedNetwork",
+    "Genotype",
+    "MacroSpec",
+    "MixedOp",
+    "PartAware",
+    "Supernet",
+    "build_derived",
+    "build_op",
+    "check_ops",
+    "derive_genotype",
+    "num_edges",
+]
