@@ -18,6 +18,7 @@ from rich.panel import Panel
 from benchmarks.config import BUDGETS, known_suites, load_suite
 from benchmarks.errors import ConfigError, KdbenchError
 from benchmarks.registry import DATASETS, METHODS, MODELS, known
+from benchmarks.regress import REGRESS_SUITES
 from benchmarks.teachers import default_cache_dir
 
 console = Console(stderr=True)
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a method's config key")
     run.add_argument("--force", action="store_true", help="re-run runs that have a record")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    run.add_argument("--evaluators", default="", metavar="NAME[,NAME]",
+                     help="extra evaluators to run on every returned model besides the "
+                     "suite's, e.g. robust (PGD-20 robust accuracy)")
     run.add_argument("--quiet", action="store_true")
 
     board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
@@ -103,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--suite", default="cifar100")
     compare.add_argument("--budget", default="smoke", choices=BUDGETS)
     compare.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    report = sub.add_parser("report", help="markdown table, HTML page and Pareto plots")
+    report.add_argument("--suite", default="cifar100")
+    report.add_argument("--budget", default="smoke", choices=BUDGETS)
+    report.add_argument("--results-dir", type=Path, default=Path("results"))
+    report.add_argument("--out", type=Path, help="output folder "
+                        "(default: RESULTS/report/SUITE_BUDGET)")
+
+    regress = sub.add_parser("regress", help="re-run the smoke suites and compare them with "
+                             "results/baselines (exit 1 on a regression)")
+    regress.add_argument("--suites", default=",".join(REGRESS_SUITES))
+    regress.add_argument("--update", action="store_true",
+                         help="rewrite the baselines (3 seeds) and show what changed")
+    regress.add_argument("--reuse", action="store_true",
+                         help="compare the records already in --results-dir, run nothing")
+    regress.add_argument("--baselines", type=Path, default=Path("results/baselines"))
+    regress.add_argument("--results-dir", type=Path, default=Path("results/regress"))
+    regress.add_argument("--cache-dir", type=Path, default=None)
+    regress.add_argument("--markdown", type=Path, help="also write the report to this file")
+
+    new = sub.add_parser("new-method", help="scaffold methods/NAME.py and its contract test")
+    new.add_argument("name")
+    new.add_argument("--root", type=Path, default=Path("."), help="the kdbench checkout")
 
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=["methods", "models", "datasets", "suites"])
@@ -127,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         teacher_checkpoints=parse_assignments(args.teacher_ckpt, "--teacher-ckpt"),
         method_overrides=parse_method_overrides(args.set),
         measure_latency=not args.no_latency,
+        evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
     )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     plan = harness.plan(methods, parse_seeds(args.seeds))
@@ -138,10 +166,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"pairs × {len(plan.seeds)} seeds = {plan.total} runs · device "
                   f"{harness.device}")
     harness.run(plan.methods, plan.seeds, force=args.force)
-    return show_leaderboard(suite.name, args.budget, args.results_dir)
+    return show_leaderboard(suite.name, args.budget, args.results_dir,
+                            metrics=suite.table_metrics)
 
 
-def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None) -> int:
+def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,
+                     metrics: tuple[str, ...] | None = None) -> int:
+    """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's)."""
     from benchmarks.results import (
         leaderboard,
         leaderboard_path,
@@ -159,7 +190,9 @@ def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | Non
     path = csv or leaderboard_path(results_dir, suite, budget)
     write_leaderboard(board, path)
     out = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
-    out.print(render_table(board, title=f"{suite} · {budget}"))
+    if metrics is None:
+        metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
+    out.print(render_table(board, title=f"{suite} · {budget}", metrics=metrics))
     console.print(f"leaderboard written to {path}")
     return 0
 
@@ -198,6 +231,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.report import write_report
+    from benchmarks.results import leaderboard, load_records
+
+    records = load_records(args.results_dir, args.suite, args.budget)
+    if not records:
+        raise KdbenchError(f"no run records for {args.suite}/{args.budget} under "
+                           f"{args.results_dir}/runs; run `kdbench run` first")
+    out = args.out or args.results_dir / "report" / f"{args.suite}_{args.budget}"
+    for path in write_report(leaderboard(records), out, args.suite, args.budget):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from benchmarks.regress import regress
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    for suite in suites:
+        load_suite(suite)  # unknown names fail before anything runs
+    passed, report = regress(suites, args.baselines, args.results_dir,
+                             args.cache_dir or default_cache_dir(), update=args.update,
+                             reuse=args.reuse)
+    print(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report)
+    return 0 if passed or args.update else 1
+
+
+def cmd_new_method(args: argparse.Namespace) -> int:
+    from benchmarks.scaffold import new_method
+
+    for path in new_method(args.name, args.root):
+        console.print(f"wrote {path}")
+    console.print(f"next: edit methods/{args.name}.py, then `nox -s bench-cifar100 -- "
+                  f"--methods {args.name}` and `nox -s tests`")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     names = {"methods": lambda: known(METHODS), "models": lambda: known(MODELS),
              "datasets": lambda: known(DATASETS), "suites": known_suites}[args.what]()
@@ -213,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     handlers = {"run": cmd_run, "leaderboard": lambda a: show_leaderboard(
-        a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list}
+        a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list,
+        "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method}
     try:
         return handlers[args.command](args)
     except KdbenchError as exc:

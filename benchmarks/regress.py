@@ -1,0 +1,214 @@
+"""Regression gate: re-run the smoke suites and compare them with committed baselines.
+
+``results/baselines/<suite>_smoke.csv`` holds, per (pair, method), the structural figures
+(params, MACs and their ratios to the teacher), the seed-0 accuracy with the spread over
+the baseline's seeds, and the CPU speed-ups. A check run trains seed 0 only and compares:
+
+- structural figures must match exactly (they do not depend on training noise);
+- accuracy may move by at most ``ACC_Z`` standard deviations of the baseline's seeds, and
+  never less than one test image (``100 / n_test`` percentage points), so the tolerance
+  comes from the measured spread, not from a number picked by hand;
+- speed-ups vs the teacher may move by ``SPEEDUP_RTOL`` (relative): they are ratios
+  measured in one process, but still depend on the machine.
+
+Rows that appear or disappear fail too: a new method needs ``--update`` in the same change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.results import leaderboard, load_records, runs_frame
+
+ACC_Z = 3.0
+SPEEDUP_RTOL = 0.5
+KEY = ["suite", "data_source", "teacher", "student", "method"]
+STRUCTURAL = ["params", "macs", "params_ratio", "macs_ratio"]
+SPEEDUPS = ["speedup_cpu_t1_b1", "speedup_cpu_t1_b64"]
+
+
+def baseline_path(baselines_dir: Path, suite: str) -> Path:
+    return Path(baselines_dir) / f"{suite}_smoke.csv"
+
+
+def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
+    """Baseline rows from the smoke records of several seeds: seed-0 values + seed spread."""
+    records = load_records(results_dir, suite, "smoke")
+    runs = runs_frame(records)
+    board = leaderboard(records).set_index(KEY)
+    seed0 = runs[runs["seed"] == 0].set_index(KEY)
+    out = pd.DataFrame(index=seed0.index)
+    for col in STRUCTURAL:
+        out[col] = seed0[col]
+    out["metric_name"] = seed0["metric_name"]
+    out["metric_seed0"] = seed0["metric"]
+    out["metric_mean"] = board["metric_mean"]
+    out["metric_std"] = board["metric_std"]
+    out["n_seeds"] = board["n"]
+    out["n_test"] = seed0["test_images"]
+    for col in SPEEDUPS:
+        out[col] = seed0.get(col, math.nan)
+    return out.reset_index().sort_values(KEY, ignore_index=True)
+
+
+@dataclass
+class Check:
+    suite: str
+    pair: str
+    method: str
+    figure: str
+    baseline: float
+    now: float
+    tolerance: str
+    ok: bool
+
+    @property
+    def moved(self) -> bool:
+        if isinstance(self.baseline, float) and math.isnan(self.baseline):
+            return not (isinstance(self.now, float) and math.isnan(self.now))
+        return self.baseline != self.now
+
+
+def accuracy_tolerance(row: pd.Series) -> float:
+    """ACC_Z seed standard deviations, at least one test image, in percentage points."""
+    one_image = 100.0 / float(row["n_test"])
+    std = row["metric_std"]
+    return max(ACC_Z * std if not math.isnan(std) else 0.0, one_image)
+
+
+def compare(baseline: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
+    """Every figure of every row, checked against the baseline."""
+    base = baseline.set_index(KEY)
+    now = current.set_index(KEY)
+    checks: list[Check] = []
+    for key in sorted(set(base.index) | set(now.index)):
+        suite, _, teacher, student, method = key
+        pair = f"{teacher}→{student}"
+        if key not in now.index:
+            checks.append(Check(suite, pair, method, "row", 1, math.nan, "present", False))
+            continue
+        if key not in base.index:
+            checks.append(Check(suite, pair, method, "row", math.nan, 1,
+                                "in baseline (run --update)", False))
+            continue
+        b, n = base.loc[key], now.loc[key]
+        for col in STRUCTURAL:
+            same = math.isclose(float(b[col]), float(n[col]), rel_tol=1e-12, abs_tol=0.0)
+            checks.append(Check(suite, pair, method, col, float(b[col]), float(n[col]),
+                                "exact", same))
+        tol = accuracy_tolerance(b)
+        delta = abs(float(n["metric_seed0"]) - float(b["metric_seed0"]))
+        checks.append(Check(suite, pair, method, f"{b['metric_name']} (seed 0)",
+                            float(b["metric_seed0"]), float(n["metric_seed0"]),
+                            f"±{tol:.2f} pp", delta <= tol + 1e-9))
+        for col in SPEEDUPS:
+            bv, nv = float(b.get(col, math.nan)), float(n.get(col, math.nan))
+            if math.isnan(bv):
+                continue
+            ok = not math.isnan(nv) and abs(nv - bv) <= SPEEDUP_RTOL * bv
+            checks.append(Check(suite, pair, method, col, bv, nv,
+                                f"±{SPEEDUP_RTOL:.0%}", ok))
+    return checks
+
+
+def markdown_report(checks: list[Check], update: bool = False) -> str:
+    """A markdown diff table of what moved (and every failure), plus a summary line.
+
+    With ``update`` the table is the change a baseline rewrite makes: nothing fails.
+    """
+    rows = [c for c in checks if c.moved or not c.ok]
+    failed = [] if update else [c for c in checks if not c.ok]
+    lines = ["| suite | pair | method | figure | baseline | now | Δ | tolerance | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        delta = c.now - c.baseline if not (math.isnan(c.now) or math.isnan(c.baseline)) \
+            else math.nan
+        lines.append(f"| {c.suite} | {c.pair} | {c.method} | {c.figure} | {_fmt(c.baseline)} | "
+                     f"{_fmt(c.now)} | {_fmt(delta, signed=True)} | {c.tolerance} | "
+                     f"{_status(c, update)} |")
+    if len(lines) == 2:
+        lines.append("| – | – | – | nothing moved | | | | | pass |")
+    if update:
+        verdict = f"{len(rows)} figure(s) changed by the update"
+    elif failed:
+        verdict = (f"**{len(failed)} regression(s)** in {len(checks)} checks: "
+                   + ", ".join(sorted({f"{c.method} {c.figure}" for c in failed})))
+    else:
+        verdict = f"all {len(checks)} checks pass"
+    return "\n".join([*lines, "", verdict]) + "\n"
+
+
+def _status(check: Check, update: bool) -> str:
+    if not update:
+        return "pass" if check.ok else "**FAIL**"
+    if check.figure == "row":
+        return "added" if math.isnan(check.baseline) else "removed"
+    return "updated"
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):+,}" if signed else f"{int(value):,}"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+# Regress always runs on the generated CIFAR-100 stand-in (and the bundled digits), so
+# every machine computes the same numbers whether or not it has the real dataset.
+REGRESS_SUITES = ("cifar100", "digits")
+REGRESS_THREADS = 2
+
+
+def dataset_overrides(suite: str, cache_dir: Path) -> dict:
+    if suite == "cifar100":
+        return {"root": str(Path(cache_dir) / "regress-uses-generated-data"),
+                "download": False, "synthetic_fallback": True}
+    return {}
+
+
+def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path) -> None:
+    """Run every registered method on ``suite``'s smoke budget."""
+    import torch
+
+    from benchmarks.config import load_suite
+    from benchmarks.runner import Harness
+
+    torch.set_num_threads(REGRESS_THREADS)
+    harness = Harness(load_suite(suite), "smoke", results_dir=results_dir, cache_dir=cache_dir,
+                      dataset_overrides=dataset_overrides(suite, cache_dir))
+    harness.run(None, seeds, force=True)
+
+
+def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir: Path, *,
+            update: bool = False, reuse: bool = False) -> tuple[bool, str]:
+    """Run (unless ``reuse``) and compare, or rewrite the baselines with ``update``.
+
+    Returns (passed, markdown report).
+    """
+    reports, passed = [], True
+    for suite in suites:
+        if not reuse:
+            run_smoke(suite, [0, 1, 2] if update else [0], results_dir, cache_dir)
+        current = baseline_frame(results_dir, suite)
+        path = baseline_path(baselines_dir, suite)
+        old = pd.read_csv(path) if path.exists() else current.iloc[0:0]
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            current.to_csv(path, index=False, float_format="%.10g")
+            reports.append(f"### {suite}: baseline rewritten ({path})\n\n"
+                           + markdown_report(compare(old, current), update=True))
+            continue
+        if not path.exists():
+            passed = False
+            reports.append(f"### {suite}\n\nno baseline at {path}; create it with "
+                           "`nox -s regress -- --update`\n")
+            continue
+        checks = compare(old, current)
+        passed &= all(c.ok for c in checks)
+        reports.append(f"### {suite}\n\n" + markdown_report(checks))
+    return passed, "\n".join(reports)

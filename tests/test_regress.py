@@ -1,0 +1,98 @@
+"""The regression gate fails on a perturbed baseline and names what moved."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from test_results import make_record
+
+from benchmarks.cli import main
+from benchmarks.regress import (
+    accuracy_tolerance,
+    baseline_frame,
+    baseline_path,
+    compare,
+    markdown_report,
+)
+from benchmarks.results import write_record
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Three seeds of three methods, as `regress --update` would have produced."""
+    out = tmp_path / "results"
+    for method, accs, macs in [("teacher", [75.0, 75.4, 74.9], 4000),
+                               ("kd", [71.0, 71.6, 70.8], 1000),
+                               ("scratch", [69.0, 69.3, 68.7], 1000)]:
+        for seed, acc in enumerate(accs):
+            record = make_record(method, seed, acc, macs=macs)
+            record.suite, record.test_images = "cifar100", 1000
+            write_record(record, out)
+    return out
+
+
+def regress_cli(results, baselines, *extra):
+    return main(["regress", "--suites", "cifar100", "--reuse", "--results-dir", str(results),
+                 "--baselines", str(baselines), *extra])
+
+
+def test_update_then_check_passes(results, tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    assert regress_cli(results, baselines, "--update") == 0
+    frame = pd.read_csv(baseline_path(baselines, "cifar100"))
+    kd = frame.set_index("method").loc["kd"]
+    assert kd["metric_seed0"] == 71.0 and kd["n_seeds"] == 3 and kd["n_test"] == 1000
+    assert kd["metric_std"] == pytest.approx(pd.Series([71.0, 71.6, 70.8]).std())
+    capsys.readouterr()
+    assert regress_cli(results, baselines) == 0
+    assert "all" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("column, value, figure", [
+    ("macs", 999, "macs"),              # a structural figure: must match exactly
+    ("metric_seed0", 73.5, "top1 (seed 0)"),  # accuracy beyond 3 seed std
+])
+def test_a_perturbed_baseline_fails_and_is_named(results, tmp_path, capsys, column, value,
+                                                  figure):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    frame = pd.read_csv(path)
+    frame[column] = frame[column].astype(float)
+    frame.loc[frame["method"] == "kd", column] = value
+    frame.to_csv(path, index=False)
+    capsys.readouterr()
+    assert regress_cli(results, baselines) == 1
+    out = capsys.readouterr().out
+    assert f"| kd | {figure} |" in out and "**FAIL**" in out
+    assert "1 regression(s)" in out and f"kd {figure}" in out
+
+
+def test_accuracy_within_the_seed_spread_passes(results):
+    base = baseline_frame(results, "cifar100")
+    moved = base.copy()
+    kd = moved["method"] == "kd"
+    tol = accuracy_tolerance(base[kd].iloc[0])
+    moved.loc[kd, "metric_seed0"] += 0.9 * tol
+    assert all(c.ok for c in compare(base, moved))
+    moved.loc[kd, "metric_seed0"] += 0.2 * tol
+    assert [c.figure for c in compare(base, moved) if not c.ok] == ["top1 (seed 0)"]
+
+
+def test_tolerance_is_the_seed_spread_or_one_test_image():
+    row = pd.Series({"metric_std": 0.5, "n_test": 1000})
+    assert accuracy_tolerance(row) == pytest.approx(1.5)  # 3 std
+    row = pd.Series({"metric_std": 0.0, "n_test": 200})
+    assert accuracy_tolerance(row) == pytest.approx(0.5)  # one image of 200
+    row = pd.Series({"metric_std": math.nan, "n_test": 1000})
+    assert accuracy_tolerance(row) == pytest.approx(0.1)
+
+
+def test_new_or_missing_methods_fail(results):
+    base = baseline_frame(results, "cifar100")
+    fewer = base[base["method"] != "kd"]
+    checks = compare(base, fewer)
+    assert [(c.method, c.figure, c.ok) for c in checks if not c.ok] == [("kd", "row", False)]
+    assert "kd" in markdown_report(compare(fewer, base))
