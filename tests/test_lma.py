@@ -114,6 +114,21 @@ def test_fused_and_naive_agree_in_output_and_gradients():
         assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["fused", "naive"])
+def test_channels_last_input_gives_the_same_output_and_gradients(impl):
+    # The harness trains in channels_last on CUDA; a flattening view() breaks on that layout.
+    x = torch.randn(4, 6, 5, 7, generator=gen(6))
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        lma = randomised(LMA(8, impl=impl))
+        xi = x.clone().to(memory_format=layout).requires_grad_(True)
+        y = lma(xi)
+        y.square().sum().backward()
+        results.append((y.detach().contiguous(), xi.grad.contiguous(), lma.slopes.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_eval_output_is_independent_of_the_batch_and_train_output_is_not():
     lma = randomised(LMA(8))
     for _ in range(3):

@@ -2,7 +2,7 @@
 
 Times, in the same process and in interleaved rounds with rotating order, ReLU and three
 LMA formulations with the same output: ``naive`` (the authors' floor/int64 index and two
-gathers), ``fused`` (the module's default: in-place int32 index, two gathers, one
+gathers), ``fused`` (the module's default: in-place int64 index, two gathers, one
 ``addcmul``) and ``bucketize`` (``torch.bucketize`` over the K-1 edges + one ``addcmul``,
 kept here as the reference it was measured against). Prints the median ns/element over
 rounds for inference (eval mode, running statistics) and for a training step (batch

@@ -12,10 +12,11 @@ code); evaluation uses the running ones, so eval output depends on x alone.
 Two implementations give the same output:
 
 - ``naive``: the authors' formulation, ``floor((x - m + 3s) / step)`` clamped to [0, K-1]
-  as int64, two ``index_select`` gathers, then a multiply and an add.
+  as int64, two gathers, then a multiply and an add.
 - ``fused`` (default): the segment index in two in-place passes (``(x - lo) · 1/step``
-  clamped, then truncated to int32: truncation equals floor after clamping at 0), the same
-  two gathers with int32 indices, and one fused multiply-add (``addcmul``).
+  clamped, then truncated to int64: truncation equals floor after clamping at 0), two
+  ``torch.take`` gathers (any shape and memory layout, e.g. channels_last on CUDA) and one
+  fused multiply-add (``addcmul``).
 
 ``torch.bucketize`` over the K-1 segment edges is correct too but measured slower than
 both on CPU (a binary search per element); ``benchmarks/perf/lma_activation.py`` prints
@@ -84,7 +85,7 @@ class LMA(nn.Module):
 
     def segment_index(self, x: torch.Tensor, mean: torch.Tensor,
                       std: torch.Tensor) -> torch.Tensor:
-        """Segment of every element (int32, same shape as x); NaN inputs go to segment 0."""
+        """Segment of every element (int64, same shape as x); NaN inputs go to segment 0."""
         std = std.clamp_min(_MIN_STD)
         lower = mean - SPAN_STDS * std
         inv_step = self.num_segments / (2 * SPAN_STDS * std)
@@ -92,7 +93,7 @@ class LMA(nn.Module):
         # A NaN would become an out-of-range index; as 0 it stays NaN in the output instead,
         # where the training loop's finite-loss check reports it.
         position.clamp_(0, self.num_segments - 1).nan_to_num_(nan=0.0)
-        return position.to(torch.int32)
+        return position.to(torch.int64)
 
     def edges(self) -> torch.Tensor:
         """The K-1 inner segment boundaries of the running statistics (eval mode)."""
@@ -103,17 +104,16 @@ class LMA(nn.Module):
 
     def _fused(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                slopes: torch.Tensor) -> torch.Tensor:
-        index = self.segment_index(x, mean, std).view(-1)
-        flat = x.reshape(-1)
-        out = torch.addcmul(self.intercepts.index_select(0, index),
-                            slopes.index_select(0, index), flat)
-        return out.view(x.shape)
+        # torch.take gathers by element for any shape and memory layout (channels_last on
+        # CUDA too), so no flattening view is needed.
+        index = self.segment_index(x, mean, std)
+        return torch.addcmul(torch.take(self.intercepts, index), torch.take(slopes, index), x)
 
     def _naive(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                slopes: torch.Tensor) -> torch.Tensor:
         step = 2 * SPAN_STDS * std.clamp_min(_MIN_STD) / self.num_segments
         index = torch.clamp(torch.floor((x.detach() - mean + SPAN_STDS * std) / step),
-                            0, self.num_segments - 1).long().view(-1)
-        slope = torch.index_select(slopes, 0, index).view(x.shape)
-        intercept = torch.index_select(self.intercepts, 0, index).view(x.shape)
+                            0, self.num_segments - 1).long()
+        slope = torch.take(slopes, index)
+        intercept = torch.take(self.intercepts, index)
         return slope * x + intercept
