@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     regress = sub.add_parser("regress", help="re-run the smoke suites and compare them with "
                              "results/baselines (exit 1 on a regression)")
     regress.add_argument("--suites", default=",".join(REGRESS_SUITES))
+    regress.add_argument("--methods", default="", metavar="NAME[,NAME]",
+                         help="only these methods' rows (default: all); with --update the "
+                         "other rows of the baseline are kept")
     regress.add_argument("--update", action="store_true",
                          help="rewrite the baselines (3 seeds) and show what changed")
     regress.add_argument("--reuse", action="store_true",
@@ -251,9 +254,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     for suite in suites:
         load_suite(suite)  # unknown names fail before anything runs
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     passed, report = regress(suites, args.baselines, args.results_dir,
                              args.cache_dir or default_cache_dir(), update=args.update,
-                             reuse=args.reuse)
+                             reuse=args.reuse, methods=methods)
     print(report)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

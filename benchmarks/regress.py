@@ -171,8 +171,9 @@ def dataset_overrides(suite: str, cache_dir: Path) -> dict:
     return {}
 
 
-def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path) -> None:
-    """Run every registered method on ``suite``'s smoke budget."""
+def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path,
+              methods: list[str] | None = None) -> None:
+    """Run ``methods`` (default: every registered method) on ``suite``'s smoke budget."""
     import torch
 
     from benchmarks.config import load_suite
@@ -181,25 +182,37 @@ def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path) 
     torch.set_num_threads(REGRESS_THREADS)
     harness = Harness(load_suite(suite), "smoke", results_dir=results_dir, cache_dir=cache_dir,
                       dataset_overrides=dataset_overrides(suite, cache_dir))
-    harness.run(None, seeds, force=True)
+    harness.run(methods, seeds, force=True)
+
+
+def of_methods(frame: pd.DataFrame, methods: list[str] | None) -> pd.Series:
+    """Rows produced by ``methods`` (a method's control rows ``name:control`` included)."""
+    if not methods:
+        return pd.Series(True, index=frame.index)
+    return frame["method"].str.split(":").str[0].isin(methods)
 
 
 def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir: Path, *,
-            update: bool = False, reuse: bool = False) -> tuple[bool, str]:
+            update: bool = False, reuse: bool = False,
+            methods: list[str] | None = None) -> tuple[bool, str]:
     """Run (unless ``reuse``) and compare, or rewrite the baselines with ``update``.
 
-    Returns (passed, markdown report).
+    ``methods`` limits both to those methods' rows: an update then replaces only their rows
+    and keeps the rest of the baseline (e.g. adding one new method). Returns (passed, report).
     """
     reports, passed = [], True
     for suite in suites:
         if not reuse:
-            run_smoke(suite, [0, 1, 2] if update else [0], results_dir, cache_dir)
+            run_smoke(suite, [0, 1, 2] if update else [0], results_dir, cache_dir, methods)
         current = baseline_frame(results_dir, suite)
+        current = current[of_methods(current, methods)]
         path = baseline_path(baselines_dir, suite)
         old = pd.read_csv(path) if path.exists() else current.iloc[0:0]
         if update:
             path.parent.mkdir(parents=True, exist_ok=True)
-            current.to_csv(path, index=False, float_format="%.10g")
+            kept = old[~of_methods(old, methods)] if methods else old.iloc[0:0]
+            merged = pd.concat([kept, current]).sort_values(KEY, ignore_index=True)
+            merged.to_csv(path, index=False, float_format="%.10g")
             reports.append(f"### {suite}: baseline rewritten ({path})\n\n"
                            + markdown_report(compare(old, current), update=True))
             continue
@@ -208,7 +221,7 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
             reports.append(f"### {suite}\n\nno baseline at {path}; create it with "
                            "`nox -s regress -- --update`\n")
             continue
-        checks = compare(old, current)
+        checks = compare(old[of_methods(old, methods)], current)
         passed &= all(c.ok for c in checks)
         reports.append(f"### {suite}\n\n" + markdown_report(checks))
     return passed, "\n".join(reports)

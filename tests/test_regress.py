@@ -96,3 +96,22 @@ def test_new_or_missing_methods_fail(results):
     checks = compare(base, fewer)
     assert [(c.method, c.figure, c.ok) for c in checks if not c.ok] == [("kd", "row", False)]
     assert "kd" in markdown_report(compare(fewer, base))
+
+
+def test_updating_one_method_keeps_the_other_rows(results, tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    frame = pd.read_csv(path)
+    frame.loc[frame["method"] == "scratch", "metric_seed0"] = 12.0  # stale, must survive
+    frame.loc[frame["method"] == "kd", "macs"] = 7  # stale, must be replaced
+    frame.to_csv(path, index=False)
+    assert regress_cli(results, baselines, "--update", "--methods", "kd") == 0
+    after = pd.read_csv(path).set_index("method")
+    assert sorted(after.index) == ["kd", "scratch", "teacher"]
+    assert after.loc["kd", "macs"] == 1000 and after.loc["scratch", "metric_seed0"] == 12.0
+    capsys.readouterr()
+    # Checking only kd passes; checking everything names the stale scratch row.
+    assert regress_cli(results, baselines, "--methods", "kd") == 0
+    assert regress_cli(results, baselines) == 1
+    assert "scratch top1 (seed 0)" in capsys.readouterr().out
