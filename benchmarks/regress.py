@@ -8,8 +8,9 @@ the baseline's seeds, and the CPU speed-ups. A check run trains seed 0 only and 
 - accuracy may move by at most ``ACC_Z`` standard deviations of the baseline's seeds, and
   never less than one test image (``100 / n_test`` percentage points), so the tolerance
   comes from the measured spread, not from a number picked by hand;
-- speed-ups vs the teacher may move by ``SPEEDUP_RTOL`` (relative): they are ratios
-  measured in one process, but still depend on the machine.
+- speed-ups vs the teacher may not drop by more than ``SPEEDUP_RTOL`` (relative): they
+  are ratios measured in one process, but still depend on the machine and its load, and a
+  faster model is not a regression (the table still shows the move).
 
 Rows that appear or disappear fail too: a new method needs ``--update`` in the same change.
 """
@@ -109,9 +110,9 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
             bv, nv = float(b.get(col, math.nan)), float(n.get(col, math.nan))
             if math.isnan(bv):
                 continue
-            ok = not math.isnan(nv) and abs(nv - bv) <= SPEEDUP_RTOL * bv
+            ok = not math.isnan(nv) and nv >= (1 - SPEEDUP_RTOL) * bv
             checks.append(Check(suite, pair, method, col, bv, nv,
-                                f"±{SPEEDUP_RTOL:.0%}", ok))
+                                f"≥ −{SPEEDUP_RTOL:.0%}", ok))
     return checks
 
 

@@ -115,3 +115,14 @@ def test_updating_one_method_keeps_the_other_rows(results, tmp_path, capsys):
     assert regress_cli(results, baselines, "--methods", "kd") == 0
     assert regress_cli(results, baselines) == 1
     assert "scratch top1 (seed 0)" in capsys.readouterr().out
+
+
+def test_speedups_fail_only_when_they_drop_by_more_than_the_tolerance(results):
+    base = baseline_frame(results, "cifar100")
+    kd = base["method"] == "kd"
+    faster, slower = base.copy(), base.copy()
+    faster.loc[kd, "speedup_cpu_t1_b1"] *= 3.0  # a faster model is not a regression
+    slower.loc[kd, "speedup_cpu_t1_b1"] *= 0.4  # below (1 - 50 %) of the baseline
+    assert all(c.ok for c in compare(base, faster))
+    assert [(c.method, c.figure) for c in compare(base, slower) if not c.ok] == [
+        ("kd", "speedup_cpu_t1_b1")]
