@@ -5,24 +5,34 @@ source), the training recipe and the seed. A user may instead give their own che
 for an architecture; it is loaded with ``weights_only=True`` (no code from a pickle).
 Each cached teacher carries the sha256 of its weights file and its test accuracy, so a
 record can say exactly which teacher it was distilled from.
+
+The cache may be shared by concurrent jobs (a sweep on a shared filesystem): a file lock
+per key lets one job train a teacher while the others wait for it and then load it. Under
+torchrun only rank 0 takes the lock and decides, and all ranks then train or load together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
+from benchmarks import distributed
 from benchmarks.config import TrainRecipe
 from benchmarks.errors import ConfigError
+
+log = logging.getLogger("kdbench")
 
 TEACHER_CACHE_VERSION = 1  # bump when teacher training changes in a way that matters
 
@@ -128,17 +138,45 @@ class TeacherCache:
         else:
             path = self.dir / f"{arch}-{key[:16]}.pt"
             model = build()
-            if path.is_file():
-                load_state_dict(model, path, arch)
-                result = model, self._info(arch, path, model, evaluate, "cache")
-            else:
-                train(model)
-                atomic_torch_save(model.state_dict(), path)
-                info = self._info(arch, path, model, evaluate, "trained")
-                self._write_meta(path, info)
-                result = model, info
+            with self._lock(path):
+                # Checked under the lock: a job that waited finds the file its peer wrote.
+                if distributed.broadcast_flag(path.is_file()):
+                    load_state_dict(model, path, arch)
+                    result = model, self._info(arch, path, model, evaluate, "cache")
+                else:
+                    train(model)
+                    if distributed.current().primary:
+                        atomic_torch_save(model.state_dict(), path)
+                    distributed.barrier()  # the file exists before any rank hashes it
+                    info = self._info(arch, path, model, evaluate, "trained")
+                    if distributed.current().primary:
+                        self._write_meta(path, info)
+                    result = model, info
         self._memory[key] = result
         return result
+
+    @contextlib.contextmanager
+    def _lock(self, path: Path) -> Iterator[None]:
+        """Hold ``path``'s lock file (rank 0 only): one trainer per key across processes.
+
+        An OS-level lock (flock): it is released when its holder dies, so a killed job
+        never blocks the others.
+        """
+        if not distributed.current().primary:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path.with_name(path.name + ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("teacher %s is being trained by another job; waiting for it (lock %s)",
+                     path.name, lock.lock_file)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     @staticmethod
     def _info(arch: str, path: Path, model: nn.Module,

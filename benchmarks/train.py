@@ -5,25 +5,34 @@ an epoch-level checkpoint that makes a killed run resumable, a finite-loss check
 progress output. Methods supply only the loss (and, when they need one, a custom forward
 or per-step / per-epoch hooks); the loop owns everything else so that every method
 trains the same way.
+
+Launched by ``torchrun`` (see ``benchmarks.distributed``), the same loop trains with
+DistributedDataParallel: each rank runs ``forward`` + ``loss_fn`` on its shard of every
+global batch, gradients are averaged, the reported loss is the global mean, and only
+rank 0 writes the checkpoint. Batch-norm statistics are per rank (as in torchvision's
+reference scripts without --sync-bn); SyncBatchNorm has no CPU kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from benchmarks import distributed
 from benchmarks.config import TrainRecipe
 from benchmarks.data import Batch, BatchLoader
 from benchmarks.errors import TrainingError
@@ -59,6 +68,17 @@ class FitResult:
 
 def default_forward(model: nn.Module, batch: Batch) -> Any:
     return model(batch.x)
+
+
+class _Step(nn.Module):
+    """``forward(model, batch)`` as a module, so DDP sees a method's custom forward too."""
+
+    def __init__(self, model: nn.Module, fn: ForwardFn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: Batch) -> Any:
+        return self.fn(self.model, batch)
 
 
 def build_optimizer(params: Iterable[Any], recipe: TrainRecipe) -> torch.optim.SGD:
@@ -116,7 +136,23 @@ def fit(
     if not trainable:
         raise TrainingError(f"{desc}: nothing to train (no parameter requires grad)")
     optimizer = build_optimizer(trainable, recipe)
-    start_epoch, step = _resume(checkpoint, model, optimizer)
+    # Trained parameters outside the model (e.g. a loss's projection head): the checkpoint
+    # keeps them too, and under DDP the loop averages their gradients itself.
+    owned = {id(p) for p in model.parameters()}
+    outside = [p for group in optimizer.param_groups for p in group["params"]
+               if id(p) not in owned]
+    start_epoch, step = _resume(checkpoint, model, optimizer, desc, outside)
+    world = distributed.current()
+    step_fn: Callable[[Batch], Any] = functools.partial(forward, model)
+    if world.distributed:
+        if getattr(loader, "world_size", 1) != world.world_size:
+            raise TrainingError(
+                f"{desc}: training with {world.world_size} processes needs a loader sharded "
+                f"by rank (make_loader / RunContext.loader do it); this one has world_size "
+                f"{getattr(loader, 'world_size', 1)}")
+        # Rank 0's weights are broadcast here, so all replicas start identical.
+        step_fn = DistributedDataParallel(
+            _Step(model, forward), device_ids=[device.index] if on_cuda else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and recipe.amp
                 else contextlib.nullcontext())
 
@@ -139,10 +175,12 @@ def fit(
         t0 = time.perf_counter()
         for batch in loader:
             with autocast:
-                out = loss_fn(batch, forward(model, batch))
+                out = loss_fn(batch, step_fn(batch))
             loss = out[0] if isinstance(out, tuple) else out
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if outside and world.distributed:
+                _average_gradients(outside, world.world_size)
             optimizer.step()
             step += 1
             n_batches += 1
@@ -151,15 +189,17 @@ def fit(
             if after_step is not None:
                 after_step(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
             if n_batches % recipe.log_every == 0:
-                _check_finite(running, desc, epoch, step)
+                _check_finite(_global_mean(running, world), desc, epoch, step, checkpoint)
                 bar.update(recipe.log_every)
         if on_cuda:
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - t0
-        _check_finite(running, desc, epoch, step)
+        running = _global_mean(running, world)  # every rank reports the global-batch loss
+        _check_finite(running, desc, epoch, step, checkpoint)
         bar.update(n_batches % recipe.log_every)
         last_loss = float(running) / max(1, n_batches)
         train_time += epoch_time
+        epoch_images *= world.world_size  # equal shards: the images of all ranks
         seen += epoch_images
         history.append({"epoch": epoch, "loss": last_loss, "lr": lr, "seconds": epoch_time})
         log.info(
@@ -169,7 +209,9 @@ def fit(
         if after_epoch is not None:
             after_epoch(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
         if checkpoint is not None:
-            _save(checkpoint, model, optimizer, epoch + 1, step)
+            if world.primary:
+                _save(checkpoint, model, optimizer, epoch + 1, step, outside)
+            distributed.barrier()  # no rank runs ahead of a checkpoint it might resume from
     bar.close()
     return FitResult(
         epochs=recipe.epochs,
@@ -188,8 +230,7 @@ def evaluate(
     """Top-k accuracy in percent of ``model`` (eval mode) over the loader; restores the mode."""
     was_training = model.training
     model.eval().to(device)
-    correct = torch.zeros(len(topk), device=device, dtype=torch.long)
-    total = 0
+    correct = torch.zeros(len(topk) + 1, device=device, dtype=torch.long)  # [..., total]
     for batch in loader:
         logits = model(batch.x)
         k = min(max(topk), logits.shape[1])
@@ -197,16 +238,43 @@ def evaluate(
         hits = pred.eq(batch.y[:, None])
         for i, kk in enumerate(topk):
             correct[i] += hits[:, : min(kk, k)].any(dim=1).sum()
-        total += batch.y.shape[0]
+        correct[-1] += batch.y.shape[0]
+    if getattr(loader, "world_size", 1) > 1:  # each rank saw a shard: gather the counts
+        distributed.all_reduce_sum(correct)
+    total = int(correct[-1])
+    correct = correct[:-1]
     model.train(was_training)
     return {f"top{k}": 100.0 * float(c) / max(1, total) for k, c in zip(topk, correct, strict=True)}
 
 
-def _check_finite(running: torch.Tensor, desc: str, epoch: int, step: int) -> None:
+def _global_mean(running: torch.Tensor, world: distributed.World) -> torch.Tensor:
+    """The mean over ranks of a per-rank loss sum (itself in a single process)."""
+    if not world.distributed:
+        return running
+    return distributed.all_reduce_sum(running.detach().clone()) / world.world_size
+
+
+def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:
+    """What DDP does for its own parameters, for trained ones outside the model: one
+    all-reduce of the flattened gradients, divided by the number of ranks."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        distributed.all_reduce_sum(flat).div_(world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def _check_finite(running: torch.Tensor, desc: str, epoch: int, step: int,
+                  checkpoint: Path | None = None) -> None:
     if not torch.isfinite(running):
+        kept = (f"; the last good checkpoint {checkpoint} is kept" if checkpoint is not None
+                and checkpoint.is_file() else "")
         raise TrainingError(
             f"{desc}: loss became {float(running)} at epoch {epoch + 1}, step {step}; "
-            "the run was stopped (try a lower learning rate or check the method's loss)"
+            f"the run was stopped{kept} (try a lower learning rate or check the method's loss)"
         )
 
 
@@ -216,22 +284,52 @@ def _show_progress(progress: bool | None) -> bool:
     return os.environ.get("KDBENCH_PROGRESS", "auto") != "0" and sys.stderr.isatty()
 
 
-def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+          step: int, outside: Sequence[torch.Tensor] = ()) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "epoch": epoch, "step": step}
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+             "epoch": epoch, "step": step, "outside": [p.detach() for p in outside]}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a reader sees the previous checkpoint or this one, never half
+    except OSError as exc:  # read-only or full disk: the previous checkpoint stays as it was
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"could not write checkpoint {path} ({exc.strerror or exc}); "
+                            "free space or make the cache directory writable, then re-run "
+                            "to resume from the previous checkpoint") from exc
 
 
 def _resume(
-    path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, desc: str = "fit",
+    outside: Sequence[torch.Tensor] = (),
 ) -> tuple[int, int]:
     if path is None or not path.is_file():
         return 0, 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    log.info("resumed %s at epoch %d", path, state["epoch"])
-    return int(state["epoch"]), int(state["step"])
+    restart = (f"delete {path} (or re-run with --no-resume) to start this training phase "
+               "over")
+    try:
+        # weights_only: a checkpoint is data; a pickle that would run code is refused.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model_state, optim_state = state["model"], state["optimizer"]
+        epoch, step = int(state["epoch"]), int(state["step"])
+        saved_outside = state.get("outside", [])
+    except Exception as exc:  # truncated, corrupt, not a checkpoint, or pickled code
+        raise TrainingError(f"{desc}: checkpoint {path} cannot be resumed from: it is not a "
+                            f"readable training checkpoint (loaded with weights_only=True): "
+                            f"{exc}; {restart}") from exc
+    try:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        if [p.shape for p in saved_outside] != [p.shape for p in outside]:
+            raise ValueError(f"it holds {len(saved_outside)} trained parameters outside the "
+                             f"model, this run trains {len(outside)}")
+        with torch.no_grad():
+            for param, saved in zip(outside, saved_outside, strict=True):
+                param.copy_(saved)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(f"{desc}: checkpoint {path} is for another model than "
+                            f"{type(model).__name__} ({str(exc).splitlines()[0]}); "
+                            f"{restart}") from exc
+    log.info("resumed %s at epoch %d", path, epoch)
+    return epoch, step

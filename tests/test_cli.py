@@ -109,7 +109,8 @@ def test_a_killed_run_leaves_no_record_and_resumes(cifar_root, cache_dir, tmp_pa
     assert not list(results.rglob("*.json")), "a killed run left a record"
     assert not list(results.rglob("*.tmp"))
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed" in done.stdout + done.stderr
     assert len(list(results.rglob("seed0.json"))) == 1
