@@ -6,7 +6,9 @@ import argparse
 import ast
 import logging
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from benchmarks.config import BUDGETS, known_suites, load_suite
 from benchmarks.errors import ConfigError, KdbenchError
 from benchmarks.registry import DATASETS, METHODS, MODELS, known
 from benchmarks.regress import REGRESS_SUITES
+from benchmarks.sweep import add_parser as add_sweep_parser
+from benchmarks.sweep import cmd_sweep
 from benchmarks.teachers import default_cache_dir
 
 console = Console(stderr=True)
@@ -88,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                      help="override a method's config key")
     run.add_argument("--force", action="store_true", help="re-run runs that have a record")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue a killed run from its last epoch checkpoint (default); "
+                     "--no-resume starts it over")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    run.add_argument("--deploy", default="", metavar="TARGET[,TARGET]",
+                     help="also measure every method deployed as TARGET: int8 (torchao PT2E "
+                     "x86 quantization + torch.compile, timed against the compiled fp32 "
+                     "teacher); adds to the suite budget's `deploy`")
     run.add_argument("--evaluators", default="", metavar="NAME[,NAME]",
                      help="extra evaluators to run on every returned model besides the "
                      "suite's, e.g. robust (PGD-20 robust accuracy)")
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--cache-dir", type=Path, default=None)
     regress.add_argument("--markdown", type=Path, help="also write the report to this file")
 
+    add_sweep_parser(sub)
+
     new = sub.add_parser("new-method", help="scaffold methods/NAME.py and its contract test")
     new.add_argument("name")
     new.add_argument("--root", type=Path, default=Path("."), help="the kdbench checkout")
@@ -158,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         method_overrides=parse_method_overrides(args.set),
         measure_latency=not args.no_latency,
         evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
+        deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
+        resume=args.resume,
     )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     plan = harness.plan(methods, parse_seeds(args.seeds))
@@ -169,6 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"pairs × {len(plan.seeds)} seeds = {plan.total} runs · device "
                   f"{harness.device}")
     harness.run(plan.methods, plan.seeds, force=args.force)
+    if not _primary():  # under torchrun: rank 0 wrote the records and reports them
+        return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
                             metrics=suite.table_metrics)
 
@@ -176,22 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,
                      metrics: tuple[str, ...] | None = None) -> int:
     """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's)."""
-    from benchmarks.results import (
-        leaderboard,
-        leaderboard_path,
-        load_records,
-        render_table,
-        write_leaderboard,
-    )
+    from benchmarks.results import rebuild_leaderboard, render_table
 
-    records = load_records(results_dir, suite, budget)
-    if not records:
-        raise KdbenchError(f"no run records for suite {suite!r}, budget {budget!r} under "
-                           f"{results_dir}/runs; run `kdbench run --suite {suite} "
-                           f"--budget {budget}` first")
-    board = leaderboard(records)
-    path = csv or leaderboard_path(results_dir, suite, budget)
-    write_leaderboard(board, path)
+    # Under a lock: concurrent runs/jobs rebuilding it at once never lose a record.
+    board, path = rebuild_leaderboard(results_dir, suite, budget, csv)
     out = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
     if metrics is None:
         metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
@@ -291,15 +296,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {"run": cmd_run, "leaderboard": lambda a: show_leaderboard(
         a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list,
-        "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method}
+        "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method,
+        "sweep": cmd_sweep}
+    # SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: no record, the
+    # last epoch checkpoint kept for --resume.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return handlers[args.command](args)
     except KdbenchError as exc:
         console.print(f"[bold red]kdbench: error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
-        console.print("kdbench: interrupted; finished runs are saved, re-run to continue")
+        console.print("kdbench: interrupted; finished runs are saved, re-run with --resume "
+                      "to continue the others from their last checkpoint")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _primary() -> bool:
+    from benchmarks import distributed
+
+    return distributed.current().primary
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -129,6 +129,35 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one sweep job (one method x pair x seed) asks a cluster for (``kdbench sweep``).
+
+    ``tasks_per_node`` > 1 trains each run with DDP over that many processes per node
+    (usually one per GPU); ``slurm_extra`` passes further sbatch options (account, qos,
+    constraint, ...) through submitit as they are.
+    """
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 32.0
+    timeout_min: int = 24 * 60
+    partition: str = ""  # empty: the cluster's default partition
+    array_parallelism: int = 64  # most jobs of the array running at once
+    slurm_extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min",
+                     "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"resources.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_node < 0 or self.mem_gb <= 0:
+            raise ConfigError(f"resources need gpus_per_node >= 0 and mem_gb > 0; got "
+                              f"gpus_per_node={self.gpus_per_node}, mem_gb={self.mem_gb}")
+
+
+@dataclass(frozen=True)
 class Pair:
     teacher: str
     student: str
@@ -157,6 +186,10 @@ class Budget:
     evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Names of the suite's variants run by default in this budget (others only when named).
     variants: tuple[str, ...] = ()
+    # Deployments measured besides the eager fp32 model, e.g. ("int8",) (see benchmarks/deploy.py).
+    deploy: tuple[str, ...] = ()
+    # Per-job cluster resources for `kdbench sweep --executor slurm`.
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def teacher_recipe(self) -> TrainRecipe:

@@ -18,8 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from benchmarks import distributed
 from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, from_mapping
 from benchmarks.data import BatchLoader, ImageDataset, ImageSplit
+from benchmarks.errors import ConfigError
 from benchmarks.registry import build_model
 from benchmarks.train import FitResult, FitState, ForwardFn, LossFn, evaluate, fit
 
@@ -61,6 +63,9 @@ class Method(abc.ABC):
     reference: ClassVar[str] = "teacher"
     uses_teacher: ClassVar[bool] = True
     label: ClassVar[str] = ""  # shown on the board, e.g. "after Gao et al. 2021"
+    # Deployments the method's result is always measured in besides fp32 (e.g. ("int8",) for a
+    # method whose product is the quantized model); the harness quantizes, never the method.
+    deploy: ClassVar[tuple[str, ...]] = ()
 
     name: str = ""  # the registered name, set when the harness builds it
 
@@ -202,10 +207,23 @@ class RunContext:
 
 def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_size: int,
                 device: torch.device, seed: int, channels_last: bool) -> BatchLoader:
-    """A loader normalised with the dataset's statistics; channels_last only on CUDA."""
+    """A loader normalised with the dataset's statistics; channels_last only on CUDA.
+
+    Under torchrun it is this rank's shard: a training ``batch_size`` is the global batch,
+    split evenly over the ranks (so a run trains on the same batches with any number of
+    processes); evaluation shards are gathered by ``evaluate``.
+    """
+    world = distributed.current()
+    if world.distributed and train:
+        if batch_size % world.world_size:
+            raise ConfigError(f"batch_size {batch_size} cannot be split over "
+                              f"{world.world_size} processes; use a multiple of "
+                              f"{world.world_size} or another --nproc-per-node")
+        batch_size //= world.world_size
     return BatchLoader(split, batch_size, mean=data.mean, std=data.std, train=train,
                        device=device, seed=seed,
-                       channels_last=channels_last and device.type == "cuda")
+                       channels_last=channels_last and device.type == "cuda",
+                       rank=world.rank, world_size=world.world_size)
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -39,8 +39,8 @@ def baseline_path(baselines_dir: Path, suite: str) -> Path:
 def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
     """Baseline rows from the smoke records of several seeds: seed-0 values + seed spread."""
     records = load_records(results_dir, suite, "smoke")
-    runs = runs_frame(records)
-    board = leaderboard(records).set_index(KEY)
+    runs = _deploy_rows(runs_frame(records))
+    board = _deploy_rows(leaderboard(records)).set_index(KEY)
     seed0 = runs[runs["seed"] == 0].set_index(KEY)
     out = pd.DataFrame(index=seed0.index)
     for col in STRUCTURAL:
@@ -54,6 +54,17 @@ def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
     for col in SPEEDUPS:
         out[col] = seed0.get(col, math.nan)
     return out.reset_index().sort_values(KEY, ignore_index=True)
+
+
+def _deploy_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Name non-fp32 deployments ``method@int8`` so that each is a baseline row of its own."""
+    if "deploy" not in frame:
+        return frame
+    deployed = frame["deploy"].fillna("fp32") != "fp32"
+    frame = frame.copy()
+    frame.loc[deployed, "method"] = frame.loc[deployed, "method"] + "@" + frame.loc[
+        deployed, "deploy"]
+    return frame
 
 
 @dataclass

@@ -7,6 +7,7 @@ data, or different budgets, never share a row.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,7 +26,8 @@ from benchmarks.errors import KdbenchError
 from benchmarks.stats import summarize, tied, welch_p
 
 SCHEMA_VERSION = 1
-GROUP = ["suite", "dataset", "data_source", "budget", "teacher", "student", "method"]
+# ``deploy`` (fp32 | int8) sits before ``method``: GROUP[:-1] is the row's comparison group.
+GROUP = ["suite", "dataset", "data_source", "budget", "teacher", "student", "deploy", "method"]
 RUN_COLUMNS = [*GROUP, "seed", "metric_name", "reference", "params", "macs", "params_ratio",
                "macs_ratio", "teacher_params", "teacher_macs", "method_label"]
 
@@ -68,41 +71,98 @@ class RunRecord:
     recipe: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # git commit, torch, CPU/GPU
     test_images: int = 0  # size of the split the metrics were computed on
+    # How the model is deployed: "fp32" (eager, as returned) or "int8" (PT2E + torch.compile,
+    # timed against the compiled fp32 teacher); deploy_status is "ok" or "failed: <why>".
+    deploy: str = "fp32"
+    deploy_status: str = "ok"
+    bits_per_weight: float = 32.0  # stored bits per weight element of the deployed artifact
+    macs_dtype: str = "fp32"  # what the MACs run as: the float graph's MACs, in this dtype
     schema_version: int = SCHEMA_VERSION
+    status: str = "ok"  # a failed run is a FailedRun record, never on the leaderboard
 
     @property
     def metric(self) -> float:
         return self.metrics[self.metric_name]
 
 
+@dataclass
+class FailedRun:
+    """A run that stopped with an error (e.g. a NaN loss): kept for ``kdbench sweep
+    --status`` and the user, next to where its record would be; it has no metrics."""
+
+    run_id: str
+    created: str
+    suite: str
+    dataset: str
+    data_source: str
+    budget: str
+    method: str
+    teacher: str
+    student: str
+    seed: int
+    error: str
+    error_type: str
+    environment: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    status: str = "failed"
+
+
 def record_path(results_dir: Path, suite: str, budget: str, data_source: str, method: str,
-                teacher: str, student: str, seed: int) -> Path:
+                teacher: str, student: str, seed: int, deploy: str = "fp32") -> Path:
     """runs/<suite>/<budget>/<data source>/<method>/<teacher>-<student>/seed<N>.json: a run
-    on real data never overwrites or hides one on generated data, and the reverse."""
+    on real data never overwrites or hides one on generated data, and the reverse. Other
+    deployments of the same run sit next to it as seed<N>.<deploy>.json."""
     safe_method = method.replace("/", "_").replace(":", "+")
+    suffix = "" if deploy == "fp32" else f".{deploy}"
     return (Path(results_dir) / "runs" / suite / budget / data_source / safe_method
-            / f"{teacher}-{student}" / f"seed{seed}.json")
+            / f"{teacher}-{student}" / f"seed{seed}{suffix}.json")
+
+
+def failure_path(record: Path) -> Path:
+    """Where the failure of the run whose record is ``record`` is kept (seedN.failed.json)."""
+    return record.with_name(f"{record.stem}.failed.json")
+
+
+def _unwritable(path: Path, exc: OSError) -> KdbenchError:
+    """A read-only or full results directory, said plainly; the old file is untouched."""
+    what = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+        exc.strerror or str(exc))
+    return KdbenchError(f"cannot write {path}: {what}; the results directory must be writable "
+                        "and have free space (nothing there was changed)")
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
     """Write JSON so that a reader sees either the old file, the new file, or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_record(record: RunRecord, results_dir: Path) -> Path:
     path = record_path(results_dir, record.suite, record.budget, record.data_source,
-                       record.method, record.teacher, record.student, record.seed)
+                       record.method, record.teacher, record.student, record.seed, record.deploy)
     write_json_atomic(asdict(record), path)
+    failure_path(path).unlink(missing_ok=True)  # an earlier failed attempt is superseded
+    return path
+
+
+def write_failure(failed: FailedRun, results_dir: Path) -> Path:
+    """Record a failed run beside its (absent or earlier) record; it never replaces one."""
+    path = failure_path(record_path(results_dir, failed.suite, failed.budget,
+                                    failed.data_source, failed.method, failed.teacher,
+                                    failed.student, failed.seed))
+    write_json_atomic(asdict(failed), path)
     return path
 
 
@@ -126,6 +186,8 @@ def load_records(results_dir: Path, suite: str | None = None,
                 f"run record {path} has schema_version {data.get('schema_version')!r}; this "
                 f"kdbench reads version {SCHEMA_VERSION} (re-run it or use a matching kdbench)"
             )
+        if data.get("status", "ok") != "ok":  # failed runs have no numbers to aggregate
+            continue
         if budget and data["budget"] != budget:
             continue
         records.append(data)
@@ -143,16 +205,23 @@ def _json_default(obj: Any) -> Any:
 
 
 def latency_key(entry: dict[str, Any]) -> str:
+    """cpu_t1_b64 (eager), cpu_compiled_t1_b64 (torch.compile): the modes never share a column."""
     s = entry["setting"]
-    return f"{s['device']}_t{s['threads']}_b{s['batch']}"
+    mode = "" if s.get("mode", "eager") == "eager" else f"_{s['mode']}"
+    return f"{s['device']}{mode}_t{s['threads']}_b{s['batch']}"
 
 
 def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per run, latency flattened into ``latency_<key>_ms`` / ``speedup_<key>``."""
     rows = []
     for r in records:
-        row = {k: r[k] for k in RUN_COLUMNS}
-        row["metric"] = r["metrics"][r["metric_name"]]
+        row = {k: r.get(k, "fp32") if k == "deploy" else r[k] for k in RUN_COLUMNS}
+        # a failed deployment (deploy_status "failed: ...") has no metrics: NaN, not a number
+        row["metric"] = r["metrics"].get(r["metric_name"], math.nan)
+        row["deploy_status"] = r.get("deploy_status", "ok")
+        row["bits_per_weight"] = r.get("bits_per_weight", 32.0)
+        row["artifact_bytes"] = r.get("artifact_bytes")
+        row["macs_dtype"] = r.get("macs_dtype", "fp32")
         for name, value in r["metrics"].items():
             row[f"metric:{name}"] = value
         row["teacher_metric"] = r["teacher_metrics"].get(r["metric_name"], math.nan)
@@ -186,6 +255,9 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             params=_structural(grp["params"]), macs=_structural(grp["macs"]),
             params_ratio=grp["params_ratio"].mean(), macs_ratio=grp["macs_ratio"].mean(),
             notes=grp["notes"].iloc[0],
+            deploy_status=grp["deploy_status"].iloc[0], macs_dtype=grp["macs_dtype"].iloc[0],
+            bits_per_weight=grp["bits_per_weight"].mean(),
+            artifact_bytes=_structural(grp["artifact_bytes"]),
         )
         for col in sorted(c for c in grp.columns if c.startswith("metric:")):
             name = col.removeprefix("metric:")
@@ -198,9 +270,13 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     _add_reference_columns(board, runs)
     _add_tied_with_best(board, runs)
-    return board.sort_values(["suite", "budget", "data_source", "teacher", "student",
-                              "metric_mean"], ascending=[True] * 5 + [False],
-                             ignore_index=True)
+    # Each method's deployments side by side (fp32, then int8), methods ranked by their fp32 row.
+    fp32 = board["metric_mean"].where(board["deploy"] == "fp32")
+    rank = fp32.groupby([board[c] for c in [*GROUP[:-2], "method"]], dropna=False,
+                        sort=False).transform("max").fillna(board["metric_mean"])
+    return board.assign(_rank=rank).sort_values(
+        ["suite", "budget", "data_source", "teacher", "student", "_rank", "method", "deploy"],
+        ascending=[True] * 5 + [False, True, True], ignore_index=True).drop(columns="_rank")
 
 
 def _structural(column: pd.Series) -> float | int:
@@ -237,7 +313,8 @@ def _add_tied_with_best(board: pd.DataFrame, runs: pd.DataFrame) -> None:
     flags: list[bool | None] = [None] * len(board)
     pair_keys = GROUP[:-1]
     for _, grp in board.groupby(pair_keys, sort=False, dropna=False):
-        candidates = grp[grp["method"] != "teacher"]
+        # rows without a metric (a failed int8 deployment) are never the best
+        candidates = grp[(grp["method"] != "teacher") & grp["metric_mean"].notna()]
         if candidates.empty:
             continue
         best = candidates.loc[candidates["metric_mean"].idxmax()]
@@ -253,15 +330,48 @@ def leaderboard_path(results_dir: Path, suite: str, budget: str) -> Path:
 
 
 def write_leaderboard(board: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    """Write the CSV atomically: a reader sees the previous board or this one, never part."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         board.to_csv(tmp, index=False, float_format="%.6g")
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def rebuild_leaderboard(results_dir: Path, suite: str, budget: str,
+                        csv: Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """Aggregate the records now on disk into the leaderboard CSV, under a lock.
+
+    Concurrent jobs each write their own record and then rebuild: the lock makes every
+    rebuild read the records and replace the CSV as one step, so the last rebuild has
+    every record written before it (no stale board overwrites a newer one).
+    """
+    path = csv or leaderboard_path(results_dir, suite, budget)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        lock.acquire()
+    except OSError as exc:
+        raise _unwritable(lock_path, exc) from exc
+    try:
+        records = load_records(results_dir, suite, budget)
+        if not records:
+            raise KdbenchError(f"no run records for suite {suite!r}, budget {budget!r} under "
+                               f"{results_dir}/runs; run `kdbench run --suite {suite} "
+                               f"--budget {budget}` first")
+        board = leaderboard(records)
+        write_leaderboard(board, path)
+    finally:
+        lock.release()
+    return board, path
 
 
 def _fmt(value: float, spec: str = ".2f") -> str:
@@ -269,7 +379,8 @@ def _fmt(value: float, spec: str = ".2f") -> str:
         else format(value, spec)
 
 
-TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cuda_t1_b1")  # the rest is in the CSV
+# the rest is in the CSV; compiled (int8 rows) and eager columns are never merged
+TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cpu_compiled_t1_b1", "speedup_cuda_t1_b1")
 # Opt-in metrics shown in every suite's table whenever some run has them.
 TABLE_METRICS_WHEN_PRESENT = ("robust_top1",)
 
@@ -281,7 +392,8 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
     """
     table = Table(title=title, show_lines=False)
     speed_cols = [c for c in board.columns if c in TABLE_SPEEDUPS or (
-        c.startswith("speedup_cpu_t") and c.endswith("_b64") and c != "speedup_cpu_t1_b64")]
+        c.startswith(("speedup_cpu_t", "speedup_cpu_compiled_t")) and c.endswith("_b64")
+        and c not in ("speedup_cpu_t1_b64", "speedup_cpu_compiled_t1_b64"))]
     extra = [m for m in dict.fromkeys((*metrics, *TABLE_METRICS_WHEN_PRESENT))
              if f"{m}_mean" in board.columns]
     for col in ["data", "pair", "method", "n", "metric (mean ± std)", *extra, "Δ vs ref", "params×",
@@ -303,10 +415,23 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
             delta += f" vs {r['reference']}" + (" (tied)" if r["tied_with_reference"] else "")
         table.add_row(
             r["data_source"], f"{r['teacher']}→{r['student']}",
-            escape(r["method"] + (f" [{r['method_label']}]" if r["method_label"] else "")),
+            escape(r["method"] + _deploy_label(r)
+                   + (f" [{r['method_label']}]" if r["method_label"] else "")),
             str(r["n"]), f"{r['metric_name']} {metric}{tie}",
             *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
-            *[_fmt(r[c], ".2f") + "×" for c in speed_cols], escape(r["notes"]),
+            *[_fmt(r[c], ".2f") + "×" for c in speed_cols],
+            escape("; ".join(filter(None, (_deploy_failure(r), r["notes"])))),
         )
     return table
+
+
+def _deploy_label(row: pd.Series) -> str:
+    """' · int8' for a non-fp32 deployment (its MACs are the float graph's, run in int8)."""
+    deploy = row.get("deploy", "fp32")
+    return "" if deploy == "fp32" or not isinstance(deploy, str) else f" · {deploy}"
+
+
+def _deploy_failure(row: pd.Series) -> str:
+    status = row.get("deploy_status", "ok")
+    return "" if status == "ok" or not isinstance(status, str) else f"{row['deploy']} {status}"

@@ -26,9 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import distributed
 from benchmarks.config import Budget, Pair, SuiteConfig
-from benchmarks.data import ImageDataset
-from benchmarks.errors import ConfigError, KdbenchError, UnknownNameError
+from benchmarks.data import ImageDataset, ImageSplit
+from benchmarks.deploy import (
+    CALIBRATION_IMAGES,
+    QUANTIZER,
+    CompiledProgram,
+    DeployError,
+    deploy_targets,
+    export_program,
+    program_report,
+    quantize_int8,
+    torchao_version,
+)
+from benchmarks.errors import ConfigError, KdbenchError, TrainingError, UnknownNameError
 from benchmarks.evaluators import as_evaluation, evaluator_config
 from benchmarks.measure import (
     LatencySetting,
@@ -48,7 +60,7 @@ from benchmarks.registry import (
     known,
     lookup,
 )
-from benchmarks.results import RunRecord, record_path, write_record
+from benchmarks.results import FailedRun, RunRecord, record_path, write_failure, write_record
 from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
 from benchmarks.train import evaluate, fit
 
@@ -116,6 +128,8 @@ class Harness:
         measure_latency: bool = True,
         progress: bool | None = None,
         evaluators: Sequence[str] = (),
+        resume: bool = True,
+        deploy: Sequence[str] = (),
     ):
         self.suite = suite
         # The suite's evaluators plus opt-in ones (e.g. robust accuracy), each once.
@@ -123,10 +137,21 @@ class Harness:
         self.budget: Budget = suite.budget(budget)
         self.results_dir = Path(results_dir)
         self.cache_dir = Path(cache_dir)
-        self.device = resolve_device(device)
+        # Under torchrun: joins the process group; each rank gets its own GPU.
+        self.device = distributed.setup(resolve_device(device))
+        self.resume = resume  # False: a killed run's checkpoints are discarded, not resumed
         self.dataset_overrides = dict(dataset_overrides or {})
         self.method_overrides = method_overrides or {}
         self.measure_latency = measure_latency and self.budget.latency.enabled
+        # Deployments measured besides eager fp32 for every method (suite budget + --deploy).
+        self.deploy = deploy_targets(self.budget.deploy, deploy,
+                                     where=f"--deploy or the {budget} budget's deploy "
+                                           f"of suite {suite.name!r}")
+        if self.deploy and suite.deployed_forward != "forward":
+            raise ConfigError(f"suite {suite.name!r} deploys model.{suite.deployed_forward}(); "
+                              f"--deploy {','.join(self.deploy)} supports suites that deploy "
+                              "forward() only")
+        self._compiled_teachers: dict[str, CompiledProgram] = {}
         self.progress = progress
         self.teachers = TeacherCache(
             self.cache_dir, {**suite.teacher_checkpoints, **(teacher_checkpoints or {})})
@@ -206,13 +231,14 @@ class Harness:
                 for name in plan.methods:
                     done += 1
                     prefix = f"[{done}/{plan.total}] {name} {pair.label} seed {seed}"
-                    path = record_path(self.results_dir, self.suite.name, self.budget.name,
-                                       self.data.data_source, name, pair.teacher,
-                                       pair.student, seed)
-                    if path.exists() and not force:
+                    method = self.build_method(name)
+                    paths = [record_path(self.results_dir, self.suite.name, self.budget.name,
+                                         self.data.data_source, name, pair.teacher,
+                                         pair.student, seed, d)
+                             for d in ("fp32", *self.targets(method))]
+                    if all(p.exists() for p in paths) and not force:
                         log.info("%s: record exists, skipped (use --force to re-run)", prefix)
                         continue
-                    method = self.build_method(name)
                     reason = method.supports(pair)
                     if reason:
                         log.warning("%s: skipped, %s", prefix, reason)
@@ -226,6 +252,36 @@ class Harness:
         train_split, test_split = self.splits()
         run_key = f"{self.suite.name}/{self.budget.name}/{method.name}/{pair.label}/seed{seed}"
         workdir = self.cache_dir / "work" / hashlib.sha1(run_key.encode()).hexdigest()[:16]
+        world = distributed.current()
+        if not self.resume and world.primary:
+            shutil.rmtree(workdir, ignore_errors=True)
+        distributed.barrier()
+        try:
+            return self._run_one(method, pair, seed, workdir, train_split, test_split)
+        except Exception as exc:  # not KeyboardInterrupt: a killed run is resumed, not failed
+            if world.primary:
+                self._record_failure(method.name, pair, seed, exc)
+            if isinstance(exc, TrainingError):
+                raise TrainingError(f"method {method.name!r}, {exc}") from exc
+            raise
+
+    def _record_failure(self, name: str, pair: Pair, seed: int, exc: Exception) -> None:
+        failed = FailedRun(
+            run_id=hashlib.sha1(f"{name}/{pair.label}/{seed}/{time.time_ns()}".encode())
+            .hexdigest()[:16],
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            suite=self.suite.name, dataset=self.data.name, data_source=self.data.data_source,
+            budget=self.budget.name, method=name, teacher=pair.teacher, student=pair.student,
+            seed=seed, error=str(exc), error_type=type(exc).__name__, environment=fingerprint())
+        try:
+            path = write_failure(failed, self.results_dir)
+        except KdbenchError as write_exc:  # the run's own error is the one to report
+            log.error("could not record the failure of %s: %s", name, write_exc)
+        else:
+            log.error("%s %s seed %d failed; recorded in %s", name, pair.label, seed, path)
+
+    def _run_one(self, method: Method, pair: Pair, seed: int, workdir: Path,
+                 train_split: ImageSplit, test_split: ImageSplit) -> list[Path]:
         teacher, teacher_info = self.teacher(pair, seed)
         ctx = RunContext(
             suite=self.suite, budget=self.budget, pair=pair, seed=seed, device=self.device,
@@ -242,13 +298,28 @@ class Harness:
         wall = time.perf_counter() - t0
         outputs = [(method.name, result), *((f"{method.name}:{k}", c)
                                             for k, c in result.controls.items())]
-        records = [self.measure(ctx, method, name, out, teacher, teacher_info, wall)
-                   for name, out in outputs]
+        if not distributed.current().primary:
+            # Only rank 0 measures and writes; the others take part in the gathered
+            # evaluation (the same collectives in the same order) and wait for it.
+            for _, out in outputs:
+                run_evaluators(self.evaluators, out.model, ctx)
+            distributed.barrier()
+            return []
+        records = []
+        for name, out in outputs:
+            record = self.measure(ctx, method, name, out, teacher, teacher_info, wall)
+            records += [record, *(self.measure_deployed(ctx, name, out, teacher, teacher_info,
+                                                        record, target)
+                                  for target in self.targets(method))]
         paths = [write_record(r, self.results_dir) for r in records]
         shutil.rmtree(workdir, ignore_errors=True)
+        distributed.barrier()
         for r in records:
-            log.info("  %s: %s %.2f | params %.3f× | MACs %.3f× of the teacher", r.method,
-                     r.metric_name, r.metric, r.params_ratio, r.macs_ratio)
+            if r.deploy_status != "ok":
+                log.warning("  %s (%s): deployment %s", r.method, r.deploy, r.deploy_status)
+                continue
+            log.info("  %s (%s): %s %.2f | params %.3f× | MACs %.3f× of the teacher", r.method,
+                     r.deploy, r.metric_name, r.metric, r.params_ratio, r.macs_ratio)
         return paths
 
     def _artifacts_dir(self, method: str, pair: Pair, seed: int) -> Path:
@@ -377,6 +448,116 @@ class Harness:
                                        _settings(str(self.device), cfg.batch_sizes),
                                        device=str(self.device), **kwargs)
         return results
+
+
+    # ---- deployment (INT8) ------------------------------------------------------------
+    def targets(self, method: Method) -> tuple[str, ...]:
+        """Deployments measured for ``method`` besides fp32: the harness's and its own."""
+        return deploy_targets(self.deploy, method.deploy, where=f"deploy of method {method.name!r}")
+
+    def measure_deployed(self, ctx: RunContext, name: str, out: Compressed, teacher: nn.Module,
+                         teacher_info: TeacherInfo, fp32: RunRecord, target: str) -> RunRecord:
+        """The record of ``out.model`` deployed as ``target`` (int8), measured like fp32.
+
+        Accuracy, artifact bytes and latency are those of the compiled INT8 program; params and
+        MACs are the float graph's (logical weights, MACs run in int8), with the stored bits per
+        weight. Latency is compiled INT8 vs the compiled fp32 teacher. A failure at any stage
+        gives a record with ``deploy_status`` "failed: ..." and no metrics, never an fp32 copy.
+        """
+        if target != "int8":  # deploy_targets admits nothing else
+            raise ConfigError(f"no deployment path for {target!r}")
+        start = time.perf_counter()
+        base = dataclasses.replace(
+            fp32, run_id=hashlib.sha1(f"{fp32.run_id}/{target}".encode()).hexdigest()[:16],
+            deploy=target, macs_dtype=target, latency=[], metrics={})
+        try:
+            if distributed.current().distributed:
+                raise DeployError("harness", RuntimeError(
+                    "int8 deployment is measured in a single process; run it without torchrun"))
+            record = self._measure_int8(ctx, out, teacher, teacher_info, base)
+        except DeployError as exc:
+            return dataclasses.replace(
+                base, deploy_status=f"failed: {exc}", artifact_bytes=None,
+                notes=[*fp32.notes, f"{target} deployment failed at {exc.stage}"],
+                extras={**fp32.extras, "deploy": {"target": target, "quantizer": QUANTIZER,
+                                                  "torchao": torchao_version(),
+                                                  "failed_stage": exc.stage}})
+        record.wall_time_s = fp32.wall_time_s + time.perf_counter() - start
+        return record
+
+    def _measure_int8(self, ctx: RunContext, out: Compressed, teacher: nn.Module,
+                      teacher_info: TeacherInfo, base: RunRecord) -> RunRecord:
+        shape = self.data.input_shape
+        calibration = self._calibration_batches(ctx)
+        program = quantize_int8(out.model, calibration, shape)
+        size = program_report(program.module, shape)
+        batches = self.budget.latency.batch_sizes if self.measure_latency else ()
+        compiled = CompiledProgram(program.module, shape, batches)
+        cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
+        try:
+            metrics, evaluated_with = run_evaluators(self.evaluators, compiled, cpu_ctx)
+        except Exception as exc:  # e.g. an evaluator that needs gradients through the model
+            raise DeployError("evaluate", exc) from exc
+        latency: list[dict[str, Any]] = []
+        if self.measure_latency:
+            t_compiled = self._compiled_teacher(teacher, teacher_info, batches)
+            try:
+                latency = [_compiled_entry(r) for r in self._cpu_latency(t_compiled, compiled)]
+            except Exception as exc:  # a compiled program that runs once but not in a loop
+                raise DeployError("latency", exc) from exc
+        details = {
+            "target": "int8", "quantizer": QUANTIZER, "torchao": torchao_version(),
+            "export_strict": program.export_strict, "export_error": program.export_error,
+            "calibration": {"split": "train", "batches": program.calibration_batches,
+                            "images": program.calibration_images},
+            "quantize_s": program.quantize_s, "compile_s": compiled.compile_s,
+            "program": dataclasses.asdict(size), "fp32_artifact_bytes": base.artifact_bytes,
+            "latency_mode": "torch.compile (inductor, freezing) vs the compiled fp32 teacher",
+            "cpu_capability": base.environment.get("aten_cpu_capability"),
+            "isa_flags": base.environment.get("isa_flags"),
+        }
+        if evaluated_with:
+            details["evaluators"] = evaluated_with
+        return dataclasses.replace(
+            base, metrics=metrics, artifact_bytes=size.artifact_bytes,
+            bits_per_weight=size.bits_per_weight, latency=latency,
+            model_report={**base.model_report, "macs_dtype": "int8",
+                          "artifact_bytes": size.artifact_bytes},
+            notes=[*base.notes, f"int8 (PT2E x86, compiled); MACs are the float graph's "
+                                f"run in int8, {size.bits_per_weight:.2f} bits/weight"],
+            extras={**base.extras, "deploy": details})
+
+    def _calibration_batches(self, ctx: RunContext) -> list[torch.Tensor]:
+        """Training-split inputs (no augmentation) for the observers; never test data."""
+        images = min(CALIBRATION_IMAGES, len(ctx.train_split))
+        split = ctx.train_split.subset(images, seed=0)
+        return [b.x.cpu() for b in ctx.loader(split, train=False, batch_size=64)]
+
+    def _compiled_teacher(self, teacher: nn.Module, info: TeacherInfo,
+                          batches: Sequence[int]) -> CompiledProgram:
+        """The fp32 teacher exported and compiled exactly as the INT8 programs (once each)."""
+        if info.sha256 not in self._compiled_teachers:
+            try:
+                exported = export_program(teacher, self.data.input_shape)
+            except DeployError as exc:
+                raise DeployError("export of the fp32 teacher", exc) from exc
+            self._compiled_teachers[info.sha256] = CompiledProgram(
+                exported.module, self.data.input_shape, batches)
+        return self._compiled_teachers[info.sha256]
+
+    def _cpu_latency(self, teacher: nn.Module, model: nn.Module) -> list:
+        cfg = self.budget.latency
+        return compare_latency(teacher, model, self.data.input_shape,
+                               _settings("cpu", cfg.batch_sizes), device="cpu",
+                               rounds=cfg.rounds, warmup=cfg.warmup, min_iters=cfg.min_iters,
+                               max_iters=cfg.max_iters, target_round_s=cfg.target_round_s)
+
+
+def _compiled_entry(result: Any) -> dict[str, Any]:
+    """A latency entry marked as the compiled track (its own leaderboard columns)."""
+    entry = dataclasses.asdict(result)
+    entry["setting"]["mode"] = "compiled"
+    return entry
 
 
 class DeployedView(nn.Module):

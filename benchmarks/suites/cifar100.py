@@ -52,6 +52,8 @@ budgets = dict(
         latency=dict(rounds=4, warmup=3, min_iters=2, max_iters=50, target_round_s=0.03),
         # opt-in robust accuracy (--evaluators robust): PGD-20 on a fixed 200-image subset
         evaluator_options=dict(robust=dict(n_images=200)),
+        # a sweep job of this budget is CPU-sized (`kdbench sweep`)
+        resources=dict(gpus_per_node=0, cpus_per_task=2, mem_gb=8, timeout_min=60),
     ),
     # About an hour per pair on one GPU: full data, 60 epochs cosine, 3 seeds.
     short=dict(
