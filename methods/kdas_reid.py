@@ -138,6 +138,7 @@ class KDASReID(Method):
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(
         search_epochs=2, search_batch_size=32, search_images=128, search_channels=8,
         search_layers=2, ops=SMOKE_OPS, channels=8, layers=2, stem_downsample=1,
+        retrain_epochs=2,  # the derived net runs at full resolution: keeps smoke in minutes
     )}
 
     def run(self, ctx: RunContext) -> Compressed:

@@ -126,3 +126,30 @@ def test_speedups_fail_only_when_they_drop_by_more_than_the_tolerance(results):
     assert all(c.ok for c in compare(base, faster))
     assert [(c.method, c.figure) for c in compare(base, slower) if not c.ok] == [
         ("kd", "speedup_cpu_t1_b1")]
+
+
+def test_each_suite_gates_its_own_methods():
+    from benchmarks.regress import REGRESS_METHODS, gate_methods
+
+    assert gate_methods("cifar100", None) is None  # every registered method
+    assert gate_methods("digits", None) == list(REGRESS_METHODS["digits"])
+    assert gate_methods("digits", ["kd", "lma"]) == ["kd"]
+    assert gate_methods("digits", ["lma"]) == []
+
+
+def test_ratios_round_tripped_through_the_csv_still_match(tmp_path):
+    # 83892 / 180636 has no short decimal form: the stored 10 digits must still compare equal
+    from benchmarks.regress import compare
+
+    row = {"suite": "cifar100", "data_source": "synthetic", "teacher": "t", "student": "s",
+           "method": "kd", "params": 83892, "macs": 12_510_000, "params_ratio": 83892 / 180636,
+           "macs_ratio": 12_510_000 / 26_660_000, "metric_name": "top1", "metric_seed0": 14.0,
+           "metric_mean": 14.0, "metric_std": 0.5, "n_seeds": 3, "n_test": 1000,
+           "speedup_cpu_t1_b1": 1.9, "speedup_cpu_t1_b64": 2.0}
+    now = pd.DataFrame([row])
+    now.to_csv(tmp_path / "b.csv", index=False, float_format="%.10g")
+    stored = pd.read_csv(tmp_path / "b.csv")
+    assert stored.loc[0, "params_ratio"] != row["params_ratio"]  # the CSV did round it
+    assert all(c.ok for c in compare(stored, now))
+    now.loc[0, "macs"] += 1
+    assert [c.figure for c in compare(stored, now) if not c.ok] == ["macs"]
