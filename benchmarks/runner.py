@@ -323,7 +323,8 @@ class Harness:
         return paths
 
     def _artifacts_dir(self, method: str, pair: Pair, seed: int) -> Path:
-        """RESULTS/artifacts/<suite>/<budget>/<method>/<pair>/seed<N>: a run's kept files."""
+        """A run's kept files: RESULTS/artifacts/<suite>/<budget>/<data source>/<method>/
+        <pair>/seed<N>."""
         record = record_path(self.results_dir, self.suite.name, self.budget.name,
                              self.data.data_source, method, pair.teacher, pair.student, seed)
         runs = self.results_dir / "runs"
