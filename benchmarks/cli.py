@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.panel import Panel
 
-from benchmarks.config import BUDGETS, known_suites, load_suite
+from benchmarks.config import BUDGETS, SuiteConfig, known_suites, load_suite
 from benchmarks.errors import ConfigError, KdbenchError
 from benchmarks.registry import DATASETS, METHODS, MODELS, known
 from benchmarks.regress import REGRESS_SUITES
@@ -152,17 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict[str, Any]:
+    """The suite's dataset settings changed by --data-root/--no-download/--no-synthetic-fallback
+    (the last two only where the suite's dataset has such a setting)."""
+    overrides: dict[str, Any] = {}
+    if args.data_root:
+        overrides["root"] = args.data_root
+    if args.no_download and "download" in suite.dataset:
+        overrides["download"] = False
+    if args.no_synthetic_fallback and "synthetic_fallback" in suite.dataset:
+        overrides["synthetic_fallback"] = False
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.runner import Harness
 
     suite = load_suite(args.suite)
-    dataset_overrides: dict[str, Any] = {}
-    if args.data_root:
-        dataset_overrides["root"] = args.data_root
-    if args.no_download and "download" in suite.dataset:
-        dataset_overrides["download"] = False
-    if args.no_synthetic_fallback and "synthetic_fallback" in suite.dataset:
-        dataset_overrides["synthetic_fallback"] = False
+    dataset_overrides = dataset_overrides_from(args, suite)
     harness = Harness(
         suite, args.budget, results_dir=args.results_dir,
         cache_dir=args.cache_dir or default_cache_dir(), device=args.device,

@@ -372,7 +372,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from benchmarks.cli import parse_assignments, parse_method_overrides, parse_seeds
+    from benchmarks.cli import (
+        dataset_overrides_from,
+        parse_assignments,
+        parse_method_overrides,
+        parse_seeds,
+    )
     from benchmarks.teachers import default_cache_dir
 
     suite = load_suite(args.suite)
@@ -389,13 +394,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if args.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    overrides: dict[str, Any] = {}
-    if args.data_root:
-        overrides["root"] = args.data_root
-    if args.no_download and "download" in suite.dataset:
-        overrides["download"] = False
-    if args.no_synthetic_fallback and "synthetic_fallback" in suite.dataset:
-        overrides["synthetic_fallback"] = False
+    overrides = dataset_overrides_from(args, suite)
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
     results_dir = args.results_dir.resolve()
     teacher_ckpts = parse_assignments(args.teacher_ckpt, "--teacher-ckpt")
