@@ -29,7 +29,7 @@ console = Console(stderr=True)
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    """``3`` means seeds 0,1,2; ``0,4,7`` means exactly those."""
+    """``3`` means seeds 0,1,2; ``0,4,7`` means exactly those (``2,`` is seed 2 alone)."""
     if text is None:
         return None
     try:
@@ -39,7 +39,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
     except ValueError as exc:
         raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from exc
     if n < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {n}")
+        raise ConfigError(f"--seeds as a count must be at least 1, got {n}; to run seed {n} "
+                          f"alone, give it as a list: --seeds {n},")
     return list(range(n))
 
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", default="cifar100", help="suite name or config file")
     run.add_argument("--methods", help="comma-separated method names (default: all)")
     run.add_argument("--budget", default="smoke", choices=BUDGETS)
-    run.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); "
+    run.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 "
+                     "alone); "
                      "default: the budget's")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--results-dir", type=Path, default=Path("results"))

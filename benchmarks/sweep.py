@@ -345,7 +345,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--status", action="store_true",
                        help="show the sweep's done / running / pending / failed jobs")
     sweep.add_argument("--methods", help="comma-separated method names (default: all)")
-    sweep.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2)")
+    sweep.add_argument("--seeds",
+                       help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 alone)")
     sweep.add_argument("--device", default="auto", help="cpu, cuda or auto (on each job's node)")
     sweep.add_argument("--results-dir", type=Path, default=Path("results"))
     sweep.add_argument("--cache-dir", type=Path, default=None,

@@ -85,7 +85,10 @@ def test_corrupt_dataset_names_the_file(capsys, tmp_path):
 def test_seed_argument():
     assert parse_seeds("3") == [0, 1, 2]
     assert parse_seeds("0,4,7") == [0, 4, 7]
+    assert parse_seeds("2,") == [2]
     assert parse_seeds(None) is None
+    with pytest.raises(ConfigError, match=r"seed 0 alone.*--seeds 0,"):
+        parse_seeds("0")
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds("three")
 
