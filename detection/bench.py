@@ -23,7 +23,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,7 +168,8 @@ def train(cfg: Config) -> nn.Module:
     """
     cfg = copy.deepcopy(cfg)
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    runner = Runner.from_cfg(cfg)
+    with _model_key_errors(cfg):
+        runner = Runner.from_cfg(cfg)
     runner.train()
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     return model.eval()
@@ -201,6 +202,7 @@ class DetectionBenchmark:
         self.data_root = data_root
         self.teacher_ckpt = teacher_ckpt
         self.cfg_options = dict(cfg_options or {})
+        scope_options(self.cfg_options, "teacher")  # validates the METHOD: prefixes early
         self.measure_latency = measure_latency and self.budget.latency.enabled
         self.verbose = verbose
         self._data: DetectionData | None = None
@@ -215,7 +217,8 @@ class DetectionBenchmark:
 
     def config(self, method: str, seed: int, work_dir: Path) -> Config:
         return load_config(self.budget.config_for(method), self.data, work_dir=work_dir,
-                           seed=seed, options=self.cfg_options, verbose=self.verbose)
+                           seed=seed, options=scope_options(self.cfg_options, method),
+                           verbose=self.verbose)
 
     def work_dir(self, *parts: object) -> Path:
         key = "/".join(str(p) for p in (self.suite.name, self.budget.name, *parts))
@@ -249,7 +252,8 @@ class DetectionBenchmark:
                  self.data.data_source)
         # a re-run resumes from this folder's last epoch only if nothing it depends on changed
         work_dir = self.work_dir(method, seed, teacher.sha256,
-                                 json.dumps(self.cfg_options, sort_keys=True, default=str))
+                                 json.dumps(scope_options(self.cfg_options, method),
+                                            sort_keys=True, default=str))
         cfg = self.config(method, seed, work_dir)
         t0 = time.perf_counter()
         extras: dict[str, Any] = {"mmdet_config": str(self.budget.config_for(method))}
@@ -286,7 +290,8 @@ class DetectionBenchmark:
         return self._teachers[seed]
 
     def _load_or_train_teacher(self, seed: int) -> TrainedTeacher:
-        key = teacher_cache_key(self.budget.config_for("teacher"), self.cfg_options, self.data,
+        key = teacher_cache_key(self.budget.config_for("teacher"),
+                                scope_options(self.cfg_options, "teacher"), self.data,
                                 seed)
         work_dir = self.work_dir("teacher", key)
         cfg = self.config("teacher", seed, work_dir)
@@ -377,7 +382,22 @@ def _build_detector(cfg: Config) -> CenterNet:
     from mmdet.utils import register_all_modules
 
     register_all_modules()
-    return MODELS.build(copy.deepcopy(cfg.model))
+    with _model_key_errors(cfg):
+        return MODELS.build(copy.deepcopy(cfg.model))
+
+
+@contextlib.contextmanager
+def _model_key_errors(cfg: Config) -> Iterator[None]:
+    """A model config key its class does not take (often a --cfg-options typo, or a ctkd-only
+    key given to every row) becomes a ConfigError naming the config, not a traceback."""
+    try:
+        yield
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ConfigError(f"{cfg.filename}: {exc}. Check the model keys of this config and of "
+                          f"--cfg-options; prefix a key that only one row's config has with "
+                          f"that row (ctkd:model.distill.tau0=1)") from exc
 
 
 def _inspect(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) -> ModelReport:
@@ -402,6 +422,24 @@ def _recipe(cfg: Config) -> dict[str, Any]:
     }
 
 
+def scope_options(options: dict[str, Any], method: str) -> dict[str, Any]:
+    """The config overrides for ``method``'s config.
+
+    A plain key applies to every row's config; ``METHOD:KEY`` only to that row's, for keys that
+    exist in one config alone (``ctkd:model.distill.tau0=1``; the teacher and the student
+    alone are plain CenterNets without a ``distill`` key).
+    """
+    scoped = {}
+    for key, value in options.items():
+        target, sep, name = key.rpartition(":")
+        if sep and target not in METHODS:
+            raise ConfigError(f"--cfg-options {key}: {target!r} is not a row of a detection "
+                              f"suite; prefix a key with one of {', '.join(METHODS)}")
+        if not sep or target == method:
+            scoped[name] = value
+    return scoped
+
+
 def parse_cfg_options(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as mmdet's ``--cfg-options`` (VALUE parsed as a Python literal)."""
     options = {}
@@ -420,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", default="smoke", choices=("smoke", "short", "full"))
     parser.add_argument("--methods", help=f"comma-separated, from {', '.join(METHODS)} "
                         "(default: all)")
-    parser.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2); "
+    parser.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 "
+                     "alone); "
                         "default: the budget's")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -428,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="dataset root (overrides the suite's)")
     parser.add_argument("--teacher-ckpt", help="your own teacher weights instead of training one")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override keys of every mmdet config, as in mmdet's tools")
+                        help="override keys of every mmdet config, as in mmdet's tools; "
+                        "METHOD:KEY=VALUE only in that row's (ctkd:model.distill.tau0=1)")
     parser.add_argument("--force", action="store_true", help="re-run runs that have a record")
     parser.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     parser.add_argument("--verbose", action="store_true", help="mmengine's INFO logs")

@@ -13,7 +13,7 @@ from detection_support import build, smoke_config, synthetic_data
 from benchmarks.cli import main as kdbench_main
 from benchmarks.errors import ConfigError, DatasetError, UnknownNameError
 from benchmarks.results import leaderboard, load_records
-from detection.bench import DetectionBenchmark, TensorModeDetector
+from detection.bench import DetectionBenchmark, TensorModeDetector, scope_options
 from detection.data import prepare_data
 from detection.suite import load_detection_suite
 from detection.synthetic import SyntheticCocoSpec, write_synthetic_coco
@@ -146,3 +146,27 @@ def test_command_line_reports_bad_input_as_one_line(capsys):
     err = capsys.readouterr().err
     assert "unknown detection suite 'voc'" in err
     assert "--cfg-options takes KEY=VALUE" in err
+
+
+def test_cfg_options_scoped_to_one_row():
+    options = {"train_cfg.max_epochs": 2, "ctkd:model.distill.tau0": 1.0,
+               "scratch:optim_wrapper.optimizer.lr": 0.01}
+    assert scope_options(options, "teacher") == {"train_cfg.max_epochs": 2}
+    assert scope_options(options, "ctkd") == {"train_cfg.max_epochs": 2,
+                                              "model.distill.tau0": 1.0}
+    assert scope_options(options, "scratch") == {"train_cfg.max_epochs": 2,
+                                                 "optim_wrapper.optimizer.lr": 0.01}
+    with pytest.raises(ConfigError, match=r"'techer' is not a row.*teacher, scratch, ctkd"):
+        scope_options({"techer:model.x": 1}, "teacher")
+
+
+def test_a_model_key_the_detector_lacks_is_a_config_error_naming_the_config(tiny_suite,
+                                                                           tmp_path):
+    # distill is a CenterNetKD key; given unscoped it reaches the teacher's plain CenterNet
+    bench = DetectionBenchmark(tiny_suite, "smoke", results_dir=tmp_path / "results",
+                               cache_dir=tmp_path / "cache",
+                               cfg_options={"model.distill.tau0": 1.0})
+    with pytest.raises(ConfigError, match=r"smoke/teacher\.py: .*unexpected keyword argument "
+                                          r"'distill'.*ctkd:model\.distill"):
+        bench.run(["teacher"])
+    assert not list((tmp_path / "cache" / "teachers").glob("*.pt"))  # nothing trained
