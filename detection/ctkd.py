@@ -3,11 +3,15 @@
 ``CenterNetKD`` is mmdet's ``CenterNet`` (the student) plus a frozen teacher CenterNet. Its
 ``loss`` adds four terms to the student's own ground-truth losses:
 
-* heatmap KD with **positive sample retaining**: Gaussian focal loss of sigmoid(student/tau)
+* heatmap KD with **positive sample retaining**: Gaussian focal loss of the student's heatmap
   against max(sigmoid(teacher/tau), ground-truth Gaussian), so object centres stay positives
   (``heatmap="kl"``: the binary-KL ablation instead);
 * **early distribution softening**: tau falls linearly from ``tau0`` to 1 over the first
-  ``soften_fraction`` of training (``DistillProgressHook`` reports the progress and logs tau);
+  ``soften_fraction`` of training (``DistillProgressHook`` reports the progress and logs tau).
+  By default (``soften="target"``) tau softens the teacher's map only and the student is
+  scored at tau 1; ``soften="both"`` tempers the student's logits too. Under focal loss that
+  makes every background cell count more while tau > 1 (sigmoid(l/tau) stays larger), and on
+  the smoke set it pushed the student's heatmap to background (see the README);
 * size and offset response KD: L1 to the teacher's maps on the ground-truth centre cells;
 * a **hint** on the stride-4 neck output, through a 1x1 conv + BN adapter when widths differ.
 
@@ -50,6 +54,7 @@ from detection.losses import (
 
 KD_KEYS = ("teacher", "teacher_ckpt", "distill")  # CenterNetKD's keys on top of CenterNet's
 HEATMAP_KD = ("focal", "kl")
+SOFTEN = ("target", "both")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class DistillConfig:
     heatmap: str = "focal"  # focal (positive-retaining focal KD) | kl (binary-KL ablation)
     retain_positives: bool = True
     tau0: float = 2.0  # initial temperature of early distribution softening
+    soften: str = "target"  # focal heatmap KD: temper the teacher's map only, or the student's too
     soften_fraction: float = 1 / 3  # share of training over which tau reaches 1
     lambda_heatmap: float = 1.0
     lambda_wh: float = 0.1
@@ -69,6 +75,9 @@ class DistillConfig:
         if self.heatmap not in HEATMAP_KD:
             raise ConfigError(f"distill.heatmap must be one of {', '.join(HEATMAP_KD)}; "
                               f"got {self.heatmap!r}")
+        if self.soften not in SOFTEN:
+            raise ConfigError(f"distill.soften must be one of {', '.join(SOFTEN)}; "
+                              f"got {self.soften!r}")
         weights = {k: v for k, v in asdict(self).items() if k.startswith("lambda_")}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
@@ -190,7 +199,9 @@ class CenterNetKD(CenterNet):
         t_logits = align_to(teacher.heatmap_logits, student.heatmap_logits)
         if cfg.heatmap == "focal":
             kd_target = heatmap_kd_target(t_logits, gt_heatmap, tau, cfg.retain_positives)
-            heatmap = heatmap_focal_kd(student.heatmap_logits, kd_target, tau, avg_factor)
+            student_tau = tau if cfg.soften == "both" else 1.0
+            heatmap = heatmap_focal_kd(student.heatmap_logits, kd_target, student_tau,
+                                       avg_factor)
         else:
             heatmap = heatmap_kl_kd(student.heatmap_logits, t_logits, gt_heatmap, tau, avg_factor)
         centres = targets["wh_offset_target_weight"]

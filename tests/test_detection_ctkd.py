@@ -12,8 +12,8 @@ from detection_support import batch, build, smoke_config, synthetic_data
 from mmengine.config import Config
 
 from benchmarks.errors import ConfigError
-from detection.ctkd import CenterNetKD, DistillConfig
-from detection.losses import heatmap_kd_target, softening_temperature
+from detection.ctkd import CenterNetKD, DistillConfig, HeadMaps
+from detection.losses import heatmap_focal_kd, heatmap_kd_target, softening_temperature
 from detection.suite import CONFIGS_DIR
 
 
@@ -83,6 +83,32 @@ def test_kd_losses_vanish_when_student_equals_teacher(data, tmp_path):
     with torch.no_grad():
         kl = kd_kl.loss(inputs, samples)
     assert kl["loss_kd_heatmap"].item() == 0.0
+
+
+def test_soften_target_tempers_only_the_teacher_map_and_both_the_student_too(data, tmp_path):
+    cfg = _kd_config(data, tmp_path, tau0=3.0)
+    kd = build(cfg.model).eval()
+    inputs, samples = batch(cfg, kd, n=2)
+    targets, avg_factor = _gt_heatmap(kd, samples, inputs)
+    torch.manual_seed(0)
+
+    def maps(width: int) -> HeadMaps:  # neck feature, heatmap logits, size, offset
+        return HeadMaps(torch.randn(2, width, 32, 32), torch.randn(2, 2, 32, 32) * 3,
+                        torch.rand(2, 2, 32, 32), torch.rand(2, 2, 32, 32))
+
+    student, teacher = maps(16), maps(32)
+    kd.kd_progress = 0.0  # tau = tau0 = 3
+    soft_target = heatmap_kd_target(teacher.heatmap_logits, targets["center_heatmap_target"],
+                                    3.0)
+    loss = kd.distill_losses(student, teacher, targets, float(avg_factor))["loss_kd_heatmap"]
+    expected = heatmap_focal_kd(student.heatmap_logits, soft_target, 1.0, float(avg_factor))
+    assert torch.equal(loss, expected)
+    both = build(_kd_config(data, tmp_path, tau0=3.0, soften="both").model).eval()
+    both.kd_progress = 0.0
+    loss = both.distill_losses(student, teacher, targets, float(avg_factor))["loss_kd_heatmap"]
+    assert torch.equal(loss, heatmap_focal_kd(student.heatmap_logits, soft_target, 3.0,
+                                              float(avg_factor)))
+    assert not torch.equal(loss, expected)
 
 
 def _bn_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -162,11 +188,13 @@ def test_distill_config_rejects_unknown_keys_and_bad_values():
         DistillConfig(heatmap="mse")
     with pytest.raises(ConfigError, match="tau0 must be >= 1"):
         DistillConfig(tau0=0.5)
+    with pytest.raises(ConfigError, match="soften must be one of target, both"):
+        DistillConfig(soften="student")
     with pytest.raises(ConfigError, match="negative: lambda_hint"):
         DistillConfig(lambda_hint=-1.0)
-    assert DistillConfig() == DistillConfig(heatmap="focal", retain_positives=True, tau0=2.0,
-                                            soften_fraction=1 / 3, lambda_heatmap=1.0,
-                                            lambda_wh=0.1, lambda_offset=1.0, lambda_hint=1.0)
+    assert DistillConfig() == DistillConfig(
+        heatmap="focal", retain_positives=True, tau0=2.0, soften="target", soften_fraction=1 / 3,
+        lambda_heatmap=1.0, lambda_wh=0.1, lambda_offset=1.0, lambda_hint=1.0)
 
 
 def test_teacher_must_be_a_centernet(data, tmp_path):

@@ -56,14 +56,14 @@ def test_positives_count_distinct_class_cells_and_l1_normaliser_is_twice(synthet
     targets, avg_factor = _targets(head, boxes, [0, 0, 1, 0])
     assert int(targets["center_heatmap_target"].eq(1).sum()) == 3
     assert int(avg_factor) == 3
-    # GT L1 size loss with every prediction off by exactly 1: weight 0.1 x (sum over the
-    # weighted cells and both channels) / (2 x avg_factor)
+    # GT L1 size loss with every prediction off by exactly 1: the size-loss weight x (sum over
+    # the weighted cells and both channels) / (2 x avg_factor)
     weighted_cells = int(targets["wh_offset_target_weight"][:, 0].sum())
     wh = targets["wh_target"] + 1.0
     losses = head.loss_by_feat(
         [targets["center_heatmap_target"]], [wh], [targets["offset_target"]],
         [_instances(boxes, [0, 0, 1, 0])], [{"batch_input_shape": (128, 128)}])
-    expected = 0.1 * (2 * weighted_cells) / (2 * 3)
+    expected = head.loss_wh.loss_weight * (2 * weighted_cells) / (2 * 3)
     assert abs(losses["loss_wh"].item() - expected) < 1e-5
     assert losses["loss_offset"].item() < 1e-6
 

@@ -5,7 +5,7 @@ name = "synthetic-coco"
 description = "synthetic COCO-format detection: 2 colour classes, 128x128 images"
 metric = "mAP"
 
-dataset = dict(type="synthetic", num_train=128, num_val=32, image_size=128,
+dataset = dict(type="synthetic", num_train=512, num_val=128, image_size=128,
                classes=("red", "blue"), seed=0)
 input_size = (128, 128)  # what MACs and latency are measured at
 

@@ -17,7 +17,10 @@ def _centernet(base_channels: int, neck_channels: int, num_classes: int = 2) -> 
         bbox_head=dict(type="CenterNetHead", num_classes=num_classes, in_channels=neck_channels,
                        feat_channels=neck_channels,
                        loss_center_heatmap=dict(type="GaussianFocalLoss", loss_weight=1.0),
-                       loss_wh=dict(type="L1Loss", loss_weight=0.1),
+                       # size weight 1, not the COCO recipe's 0.1: in a few hundred steps
+                       # from scratch 0.1 leaves the size head near a constant (teacher mAP
+                       # 12.0 vs 17.3 with 1.0, synthetic set, 384 steps)
+                       loss_wh=dict(type="L1Loss", loss_weight=1.0),
                        loss_offset=dict(type="L1Loss", loss_weight=1.0)),
         train_cfg=None,
         test_cfg=_test_cfg,

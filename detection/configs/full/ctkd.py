@@ -15,6 +15,7 @@ model = dict(
         heatmap="focal",
         retain_positives=True,
         tau0=2.0,
+        soften="target",
         soften_fraction=1 / 3,
         lambda_heatmap=1.0,
         lambda_wh=0.1,
