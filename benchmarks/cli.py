@@ -78,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated method names (default: all)")
     run.add_argument("--budget", default="smoke", choices=BUDGETS)
     run.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 "
-                     "alone); "
-                     "default: the budget's")
+                     "alone); default: the budget's")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--cache-dir", type=Path, default=None,

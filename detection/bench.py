@@ -201,8 +201,8 @@ class DetectionBenchmark:
         self.cache_dir = Path(cache_dir)
         self.data_root = data_root
         self.teacher_ckpt = teacher_ckpt
-        self.cfg_options = dict(cfg_options or {})
-        scope_options(self.cfg_options, "teacher")  # validates the METHOD: prefixes early
+        # each row's config overrides (validates the METHOD: prefixes before anything runs)
+        self.cfg_options = {m: scope_options(cfg_options or {}, m) for m in METHODS}
         self.measure_latency = measure_latency and self.budget.latency.enabled
         self.verbose = verbose
         self._data: DetectionData | None = None
@@ -217,7 +217,7 @@ class DetectionBenchmark:
 
     def config(self, method: str, seed: int, work_dir: Path) -> Config:
         return load_config(self.budget.config_for(method), self.data, work_dir=work_dir,
-                           seed=seed, options=scope_options(self.cfg_options, method),
+                           seed=seed, options=self.cfg_options[method],
                            verbose=self.verbose)
 
     def work_dir(self, *parts: object) -> Path:
@@ -252,8 +252,8 @@ class DetectionBenchmark:
                  self.data.data_source)
         # a re-run resumes from this folder's last epoch only if nothing it depends on changed
         work_dir = self.work_dir(method, seed, teacher.sha256,
-                                 json.dumps(scope_options(self.cfg_options, method),
-                                            sort_keys=True, default=str))
+                                 json.dumps(self.cfg_options[method], sort_keys=True,
+                                            default=str))
         cfg = self.config(method, seed, work_dir)
         t0 = time.perf_counter()
         extras: dict[str, Any] = {"mmdet_config": str(self.budget.config_for(method))}
@@ -290,9 +290,8 @@ class DetectionBenchmark:
         return self._teachers[seed]
 
     def _load_or_train_teacher(self, seed: int) -> TrainedTeacher:
-        key = teacher_cache_key(self.budget.config_for("teacher"),
-                                scope_options(self.cfg_options, "teacher"), self.data,
-                                seed)
+        key = teacher_cache_key(self.budget.config_for("teacher"), self.cfg_options["teacher"],
+                                self.data, seed)
         work_dir = self.work_dir("teacher", key)
         cfg = self.config("teacher", seed, work_dir)
         cached = self.cache_dir / "teachers" / f"det-{self.budget.teacher}-{key[:16]}.pt"
@@ -459,8 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", help=f"comma-separated, from {', '.join(METHODS)} "
                         "(default: all)")
     parser.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 "
-                     "alone); "
-                        "default: the budget's")
+                        "alone); default: the budget's")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="teacher cache, synthetic data, work dirs (default ~/.cache/kdbench)")
