@@ -1,14 +1,15 @@
 """CIFAR-100 from the official ``cifar-100-python`` pickles; download and synthetic fallback.
 
-The release is a set of pickles, so reading it runs ``pickle`` on the files (as torchvision
-does): point ``root`` only at files you trust.
+The release is a set of pickles. They are read with ``safe_pickle``, whose unpickler resolves
+only the numpy globals that arrays are rebuilt from; any other global (which a pickle needs
+in order to run code while loading) is refused with a ``DatasetError`` and nothing in the
+file runs. This holds for files under ``root`` and for the synthetic cache alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.data import safe_pickle
 from benchmarks.data.fixtures import (
     CIFAR_FOLDER,
     GENERATOR_VERSION,
@@ -72,13 +74,22 @@ def find_folder(root: str | Path) -> Path | None:
 
 
 def _load_pickle(path: Path) -> tuple[dict[bytes, Any], bytes]:
-    """Unpickle a CIFAR file (py2 strings as bytes); return the dict and the raw file bytes."""
+    """Unpickle a CIFAR file (py2 strings as bytes) without running code from it.
+
+    Returns the dict and the raw file bytes.
+    """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror or e}") from e
+    remedy = (
+        f"Re-extract it from the official archive {URL}; if {path.parent} is kdbench's "
+        "synthetic cache, delete that folder instead (it is generated again on next use)."
+    )
     try:
-        content = pickle.loads(raw, encoding="bytes")
+        content = safe_pickle.loads(raw, source=path, remedy=remedy, encoding="bytes")
+    except safe_pickle.RefusedGlobalError:
+        raise  # names the file and the refused global; not a "corrupt file" case
     # A damaged pickle can fail in many ways (EOFError, UnpicklingError, ValueError, ...).
     except Exception as e:
         raise DatasetError(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
+from benchmarks.data import safe_pickle
 from benchmarks.errors import ConfigError
 
 CIFAR_FOLDER = "cifar-100-python"
@@ -204,8 +205,7 @@ def corrupt_cifar100(
         raw = path.read_bytes()
         path.write_bytes(raw[: len(raw) // 2])
         return path
-    with open(path, "rb") as f:
-        content = pickle.load(f, encoding="bytes")
+    content = safe_pickle.loads(path.read_bytes(), source=path, encoding="bytes")
     if kind == "missing_key":
         del content[b"fine_labels"]
     elif kind == "wrong_size":
