@@ -3,9 +3,11 @@
 Importing this package registers the built-in datasets in ``benchmarks.registry.DATASETS``.
 """
 
-from benchmarks.data import augment, cifar100, digits, fixtures, loader, types
+from benchmarks.data import augment, cifar100, digits, fashion_mnist, fixtures, idx, loader, types
 from benchmarks.data.cifar100 import cifar100 as load_cifar100
 from benchmarks.data.digits import digits as load_digits
+from benchmarks.data.fashion_mnist import fashion_mnist as load_fashion_mnist
+from benchmarks.data.fashion_mnist import write_fashion_mnist
 from benchmarks.data.fixtures import write_cifar100
 from benchmarks.data.loader import BatchLoader
 from benchmarks.data.types import Batch, ImageDataset, ImageSplit
@@ -18,10 +20,14 @@ __all__ = [
     "augment",
     "cifar100",
     "digits",
+    "fashion_mnist",
     "fixtures",
+    "idx",
     "load_cifar100",
     "load_digits",
+    "load_fashion_mnist",
     "loader",
     "types",
     "write_cifar100",
+    "write_fashion_mnist",
 ]
