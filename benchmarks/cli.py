@@ -7,6 +7,7 @@ import ast
 import logging
 import math
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     regress.add_argument("--results-dir", type=Path, default=Path("results/regress"))
     regress.add_argument("--cache-dir", type=Path, default=None)
     regress.add_argument("--markdown", type=Path, help="also write the report to this file")
+    regress.add_argument("--no-isa-pin", action="store_true",
+                         help="train with this machine's fastest CPU kernels instead of the "
+                              "AVX2 kernels the baselines are made with (then only baselines "
+                              "of this machine's ISA compare)")
 
     add_sweep_parser(sub)
 
@@ -262,8 +267,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
+    from benchmarks import isa
     from benchmarks.regress import regress
 
+    # Training must see the pinned kernels from torch's import on: re-run in a child process.
+    if not (args.reuse or args.no_isa_pin or isa.is_pinned()):
+        reason = isa.cannot_pin()
+        if reason is None:
+            pin = " ".join(f"{k}={v}" for k, v in isa.PIN.items())
+            console.print(f"kdbench regress: CPU kernels pinned to {isa.PINNED_ISA} ({pin}), "
+                          "the instruction set of the baselines")
+            return subprocess.call(isa.pinned_command(args.argv), env=isa.pinned_env())
+        console.print(f"kdbench regress: cannot pin the CPU kernels to {isa.PINNED_ISA}: "
+                      f"{reason}; only baselines made on this machine's ISA can compare")
+    if isa.is_pinned() and not args.reuse and isa.active_isa() != isa.PINNED_ISA:
+        raise KdbenchError(f"the CPU kernels were pinned to {isa.PINNED_ISA} but torch "
+                           f"dispatches to {isa.active_isa()}; this torch build or CPU cannot "
+                           "run the baselines' kernels (try --no-isa-pin with baselines of "
+                           "this machine's ISA)")
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     for suite in suites:
         load_suite(suite)  # unknown names fail before anything runs
@@ -297,6 +318,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],

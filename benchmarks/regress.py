@@ -13,6 +13,13 @@ the baseline's seeds, and the CPU speed-ups. A check run trains seed 0 only and 
   faster model is not a regression (the table still shows the move).
 
 Rows that appear or disappear fail too: a new method needs ``--update`` in the same change.
+
+Training noise is not the only thing that moves a figure: ATen and oneDNN pick other CPU
+kernels on other instruction sets, so the gate trains with them pinned to AVX2
+(``benchmarks.isa``) and every baseline row states the ISA it was made with (``isa``). A
+check compares only with baseline rows of the ISA it ran on; a machine that cannot run the
+pinned kernels (not x86-64, or no AVX2) needs baselines of its own ISA, made there with
+``--update``, which keeps the rows of every other ISA.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.errors import KdbenchError
 from benchmarks.results import leaderboard, load_records, runs_frame
 
 ACC_Z = 3.0
@@ -32,6 +40,7 @@ STRUCTURAL = ["params", "macs", "params_ratio", "macs_ratio"]
 CSV_DIGITS = 10  # significant digits of the floats in a baseline CSV
 RATIO_RTOL = 10.0 ** -(CSV_DIGITS - 1)
 SPEEDUPS = ["speedup_cpu_t1_b1", "speedup_cpu_t1_b64"]
+ISA = "isa"  # the CPU instruction set the baseline row's run dispatched to (ATen's name)
 
 
 def baseline_path(baselines_dir: Path, suite: str) -> Path:
@@ -41,6 +50,10 @@ def baseline_path(baselines_dir: Path, suite: str) -> Path:
 def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
     """Baseline rows from the smoke records of several seeds: seed-0 values + seed spread."""
     records = load_records(results_dir, suite, "smoke")
+    if not records:
+        raise KdbenchError(f"no {suite} smoke records under {Path(results_dir) / 'runs'}: "
+                           "run the gate without --reuse (or point --results-dir at a gate "
+                           "run's results)")
     runs = _deploy_rows(runs_frame(records))
     board = _deploy_rows(leaderboard(records)).set_index(KEY)
     seed0 = runs[runs["seed"] == 0].set_index(KEY)
@@ -55,6 +68,7 @@ def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
     out["n_test"] = seed0["test_images"]
     for col in SPEEDUPS:
         out[col] = seed0.get(col, math.nan)
+    out[ISA] = seed0[ISA]
     return out.reset_index().sort_values(KEY, ignore_index=True)
 
 
@@ -228,7 +242,8 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
     """Run (unless ``reuse``) and compare, or rewrite the baselines with ``update``.
 
     ``methods`` limits both to those methods' rows: an update then replaces only their rows
-    and keeps the rest of the baseline (e.g. adding one new method). Returns (passed, report).
+    and keeps the rest of the baseline (e.g. adding one new method). Only baseline rows of
+    the ISA the runs used are compared or replaced. Returns (passed, report).
     """
     reports, passed = [], True
     for suite in suites:
@@ -242,14 +257,17 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
                       suite_methods)
         current = baseline_frame(results_dir, suite)
         current = current[of_methods(current, suite_methods)]
+        isa = runs_isa(current, results_dir, suite)
         path = baseline_path(baselines_dir, suite)
-        old = pd.read_csv(path) if path.exists() else current.iloc[0:0]
+        every_isa = read_baseline(path) if path.exists() else current.iloc[0:0]
+        old = every_isa[every_isa[ISA] == isa]
         if update:
             path.parent.mkdir(parents=True, exist_ok=True)
-            kept = old[~of_methods(old, suite_methods)] if suite_methods else old.iloc[0:0]
-            merged = pd.concat([kept, current]).sort_values(KEY, ignore_index=True)
+            replaced = (every_isa[ISA] == isa) & of_methods(every_isa, suite_methods)
+            merged = pd.concat([every_isa[~replaced], current]).sort_values(
+                [*KEY, ISA], ignore_index=True)
             merged.to_csv(path, index=False, float_format=f"%.{CSV_DIGITS}g")
-            reports.append(f"### {suite}: baseline rewritten ({path})\n\n"
+            reports.append(f"### {suite}: baseline rewritten for ISA {isa} ({path})\n\n"
                            + markdown_report(compare(old[of_methods(old, suite_methods)],
                                                      current), update=True))
             continue
@@ -258,7 +276,35 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
             reports.append(f"### {suite}\n\nno baseline at {path}; create it with "
                            "`nox -s regress -- --update`\n")
             continue
+        if old.empty:
+            raise KdbenchError(
+                f"{path} has no baseline rows for the ISA these runs used ({isa}); it has "
+                f"{', '.join(sorted(set(every_isa[ISA]))) or 'none'}. Comparing across ISAs "
+                "would report kernel differences as regressions: run the gate with the "
+                "kernels pinned (the default on x86-64 with AVX2), or create baselines for "
+                f"{isa} on this machine with `nox -s regress -- --update`")
         checks = compare(old[of_methods(old, suite_methods)], current)
         passed &= all(c.ok for c in checks)
-        reports.append(f"### {suite}\n\n" + markdown_report(checks))
+        reports.append(f"### {suite} (ISA {isa})\n\n" + markdown_report(checks))
     return passed, "\n".join(reports)
+
+
+def read_baseline(path: Path) -> pd.DataFrame:
+    """A baseline CSV; one without the ``isa`` column predates per-ISA baselines."""
+    frame = pd.read_csv(path)
+    if ISA not in frame:
+        raise KdbenchError(f"{path} has no {ISA!r} column (baselines made before the gate "
+                           "pinned its CPU kernels); rewrite it with `nox -s regress -- "
+                           "--update`")
+    return frame
+
+
+def runs_isa(current: pd.DataFrame, results_dir: Path, suite: str) -> str:
+    """The one ISA the smoke records of ``suite`` ran with; mixed or unknown is an error."""
+    isas = set(current[ISA].dropna()) if ISA in current else set()
+    if len(isas) != 1 or len(current[ISA].dropna()) != len(current):
+        found = ", ".join(sorted(isas)) or "none recorded"
+        raise KdbenchError(f"the {suite} smoke records under {results_dir} do not share one "
+                           f"CPU instruction set ({found}); re-run them in one gate run "
+                           "(without --reuse)")
+    return isas.pop()

@@ -227,6 +227,7 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["teacher_metric"] = r["teacher_metrics"].get(r["metric_name"], math.nan)
         row["notes"] = "; ".join(r.get("notes", []))
         row["test_images"] = r.get("test_images", 0)
+        row["isa"] = (r.get("environment") or {}).get("aten_cpu_capability")
         for entry in r.get("latency", []):
             key = latency_key(entry)
             row[f"latency_{key}_ms"] = entry["student"]["stats"]["median_ms"]

@@ -29,6 +29,7 @@ def results(tmp_path):
         for seed, acc in enumerate(accs):
             record = make_record(method, seed, acc, macs=macs)
             record.suite, record.test_images = "cifar100", 1000
+            record.environment = {"aten_cpu_capability": "AVX2"}
             write_record(record, out)
     return out
 
@@ -153,3 +154,72 @@ def test_ratios_round_tripped_through_the_csv_still_match(tmp_path):
     assert all(c.ok for c in compare(stored, now))
     now.loc[0, "macs"] += 1
     assert [c.figure for c in compare(stored, now) if not c.ok] == ["macs"]
+
+
+def test_only_baseline_rows_of_the_runs_isa_compare(results, tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    frame = pd.read_csv(path)
+    other = frame.assign(isa="AVX512", macs=frame["macs"] + 1)  # what AVX-512 kernels trained
+    pd.concat([frame, other]).to_csv(path, index=False)
+    assert regress_cli(results, baselines) == 0  # the AVX512 rows are not compared
+    assert "(ISA AVX2)" in capsys.readouterr().out
+
+
+def test_an_update_keeps_the_rows_of_other_isas(results, tmp_path):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    frame = pd.read_csv(path)
+    pd.concat([frame, frame.assign(isa="AVX512", metric_seed0=1.0)]).to_csv(path, index=False)
+    assert regress_cli(results, baselines, "--update") == 0
+    after = pd.read_csv(path)
+    assert sorted(after["isa"].unique()) == ["AVX2", "AVX512"] and len(after) == 6
+    assert (after[after["isa"] == "AVX512"]["metric_seed0"] == 1.0).all()
+
+
+def test_no_baseline_for_the_runs_isa_is_refused_not_a_wall_of_regressions(
+        results, tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    pd.read_csv(path).assign(isa="AVX512").to_csv(path, index=False)
+    capsys.readouterr()
+    assert regress_cli(results, baselines) == 2
+    out = " ".join(capsys.readouterr().err.split())
+    assert "no baseline rows for the ISA these runs used (AVX2)" in out and "AVX512" in out
+    assert "FAIL" not in out
+
+
+def test_a_baseline_without_an_isa_column_is_refused(results, tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    path = baseline_path(baselines, "cifar100")
+    pd.read_csv(path).drop(columns="isa").to_csv(path, index=False)
+    capsys.readouterr()
+    assert regress_cli(results, baselines) == 2
+    assert "no 'isa' column" in capsys.readouterr().err
+
+
+def test_reuse_on_an_empty_results_dir_is_a_message(tmp_path, capsys):
+    assert regress_cli(tmp_path / "empty", tmp_path / "baselines") == 2
+    out = " ".join(capsys.readouterr().err.split())
+    assert "no cifar100 smoke records" in out and "without --reuse" in out
+
+
+def test_a_gate_run_re_runs_itself_with_the_kernels_pinned(tmp_path, monkeypatch):
+    import benchmarks.cli as cli
+    from benchmarks import isa
+
+    if isa.cannot_pin():
+        pytest.skip(f"no pin on this machine: {isa.cannot_pin()}")
+    calls = []
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setattr(cli.subprocess, "call",
+                        lambda cmd, env: calls.append((cmd, env)) or 0)
+    argv = ["regress", "--suites", "digits", "--results-dir", str(tmp_path)]
+    assert main(argv) == 0
+    (cmd, env), = calls
+    assert cmd[-len(argv):] == argv and cmd[1:3] == ["-m", "benchmarks.cli"]
+    assert isa.is_pinned(env) and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
