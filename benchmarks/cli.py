@@ -35,14 +35,32 @@ def parse_seeds(text: str | None) -> list[int] | None:
         return None
     try:
         if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+            if not seeds or any(s < 0 for s in seeds):
+                raise ValueError(text)
+            return seeds
         n = int(text)
     except ValueError as exc:
-        raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from exc
+        raise ConfigError(f"--seeds takes a count (3) or a list of seeds >= 0 (0,1,2; one "
+                          f"seed: 2,), got {text!r}") from exc
+    if n < 0:
+        raise ConfigError(f"--seeds must be a count >= 1 or a list of seeds >= 0, got {n}")
     if n < 1:
         raise ConfigError(f"--seeds as a count must be at least 1, got {n}; to run seed {n} "
                           f"alone, give it as a list: --seeds {n},")
     return list(range(n))
+
+
+def parse_methods(text: str | None) -> list[str] | None:
+    """``kd,scratch`` -> ["kd", "scratch"]; None (not given) means every method, but a list
+    with no names (``,``) is a mistake, not a request for everything."""
+    if text is None:
+        return None
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"--methods names no method ({text!r}); give names such as "
+                          "kd,scratch, or leave the flag out to run every method")
+    return methods
 
 
 def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
@@ -128,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder "
                         "(default: RESULTS/report/SUITE_BUDGET)")
 
+    claims = sub.add_parser("claims", help="test every method's declared paper claims on the "
+                            "suite's run records (a report: always exits 0)")
+    claims.add_argument("--suite", default="cifar100")
+    claims.add_argument("--budget", default="smoke", choices=BUDGETS)
+    claims.add_argument("--results-dir", type=Path, default=Path("results"))
+
     regress = sub.add_parser("regress", help="re-run the smoke suites and compare them with "
                              "results/baselines (exit 1 on a regression)")
     regress.add_argument("--suites", default=",".join(REGRESS_SUITES))
@@ -187,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
         resume=args.resume,
     )
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = parse_methods(args.methods)
     plan = harness.plan(methods, parse_seeds(args.seeds))
     data = harness.data
     if data.notice:
@@ -252,7 +276,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from benchmarks.claims import claims_frame, declared_claims, render_claims, write_claims
+    from benchmarks.results import load_records
+
+    records = load_records(args.results_dir, args.suite, args.budget)
+    if not records:
+        raise KdbenchError(f"no run records for {args.suite}/{args.budget} under "
+                           f"{args.results_dir}/runs; run `kdbench run` first")
+    frame = claims_frame(records, declared_claims(args.suite, records))
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out.print(render_claims(frame, title=f"paper claims · {args.suite} · {args.budget}"))
+    for path in write_claims(frame, args.results_dir, args.suite, args.budget):
+        console.print(f"wrote {path}")
+    return 0  # the verdicts are a report, not a gate
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.claims import claims_frame, declared_claims
     from benchmarks.report import write_report
     from benchmarks.results import leaderboard, load_records
 
@@ -261,7 +302,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise KdbenchError(f"no run records for {args.suite}/{args.budget} under "
                            f"{args.results_dir}/runs; run `kdbench run` first")
     out = args.out or args.results_dir / "report" / f"{args.suite}_{args.budget}"
-    for path in write_report(leaderboard(records), out, args.suite, args.budget):
+    claims = claims_frame(records, declared_claims(args.suite, records))
+    for path in write_report(leaderboard(records), out, args.suite, args.budget, claims):
         console.print(f"wrote {path}")
     return 0
 
@@ -327,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "leaderboard": lambda a: show_leaderboard(
         a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list,
         "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method,
-        "sweep": cmd_sweep}
+        "sweep": cmd_sweep, "claims": cmd_claims}
     # SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: no record, the
     # last epoch checkpoint kept for --resume.
     main_thread = threading.current_thread() is threading.main_thread()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from benchmarks import distributed
+from benchmarks.claims import Claim
 from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, from_mapping
 from benchmarks.data import BatchLoader, ImageDataset, ImageSplit
 from benchmarks.errors import ConfigError
@@ -66,6 +67,7 @@ class Method(abc.ABC):
     # Deployments the method's result is always measured in besides fp32 (e.g. ("int8",) for a
     # method whose product is the quantized model); the harness quantizes, never the method.
     deploy: ClassVar[tuple[str, ...]] = ()
+    claims: ClassVar[tuple[Claim, ...]] = ()  # the paper's claims (benchmarks/claims.py)
 
     name: str = ""  # the registered name, set when the harness builds it
 

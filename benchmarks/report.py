@@ -19,7 +19,10 @@ matplotlib.use("Agg")  # headless: reports are written in CI and on servers
 import matplotlib.pyplot as plt
 import pandas as pd
 from jinja2 import Environment
+from markupsafe import Markup
 from matplotlib.ticker import EngFormatter, NullFormatter
+
+from benchmarks import claims as claim_tables
 
 PAIR = ["teacher", "student"]
 SYNTHETIC_LABEL = "SYNTHETIC data (generated stand-in): not comparable with dataset numbers"
@@ -74,7 +77,7 @@ def markdown(board: pd.DataFrame, suite: str, budget: str) -> str:
                      f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", delta,
                      _flag(r["tied_with_best"]), _num(r["params_ratio"], ".3f"),
                      _num(r["macs_ratio"], ".3f"), *[_num(r[c]) + "×" for c in speed]]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(claim_tables.md_cell(c) for c in cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -155,6 +158,7 @@ interleaved rounds against the teacher in the same process. Click a header to so
 {%- endfor %}</tr>
 {% endfor %}</tbody></table>
 {% endfor %}
+{{ claims }}
 <script>
 document.querySelectorAll("table.board").forEach(function (table) {
   table.querySelectorAll("th").forEach(function (th, col) {
@@ -183,14 +187,16 @@ document.querySelectorAll("table.board").forEach(function (table) {
 """)
 
 
-def html_page(board: pd.DataFrame, suite: str, budget: str) -> str:
-    """A self-contained page (no external assets): sortable tables, one per data source."""
+def html_page(board: pd.DataFrame, suite: str, budget: str, claims: str = "") -> str:
+    """A self-contained page (no external assets): sortable tables, one per data source;
+    ``claims``: the (already escaped) HTML of the claims section, shown after the tables."""
     sections = []
     for source, rows in by_source(board):
         head = html_columns(rows)
         sections.append((source, head, [(r["method"], html_cells(r, rows))
                                         for _, r in rows.iterrows()]))
-    return PAGE.render(suite=suite, budget=budget, sections=sections, label=source_label)
+    return PAGE.render(suite=suite, budget=budget, sections=sections, label=source_label,
+                       claims=Markup(claims))
 
 
 # ---- Pareto plots -----------------------------------------------------------------------
@@ -257,10 +263,14 @@ def _pareto_figure(rows: pd.DataFrame, column: str, xlabel: str, title: str):
     return fig
 
 
-def write_report(board: pd.DataFrame, out_dir: Path, suite: str, budget: str) -> list[Path]:
-    """Markdown + HTML + plots into ``out_dir``; returns what was written."""
+def write_report(board: pd.DataFrame, out_dir: Path, suite: str, budget: str,
+                 claims: pd.DataFrame | None = None) -> list[Path]:
+    """Markdown + HTML + plots into ``out_dir``, with the paper-claims table after the board
+    when ``claims`` (a ``benchmarks.claims.claims_frame``) is given; returns what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "leaderboard.md", out_dir / "index.html"
-    md.write_text(markdown(board, suite, budget))
-    page.write_text(html_page(board, suite, budget))
+    extra_md = "" if claims is None else "\n" + claim_tables.markdown(claims, suite, budget)
+    md.write_text(markdown(board, suite, budget) + extra_md)
+    page.write_text(html_page(board, suite, budget, "" if claims is None
+                              else claim_tables.html(claims, suite, budget)))
     return [md, page, *pareto_plots(board, out_dir / "plots", suite, budget)]

@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -56,8 +57,11 @@ def default_cache_dir() -> Path:
 
 def teacher_key(
     arch: str, num_classes: int, data_fingerprint: str, train_subset: int | None,
-    recipe: TrainRecipe, seed: int,
+    recipe: TrainRecipe, seed: int, adversarial: Mapping[str, Any] | None = None,
 ) -> str:
+    """The cache key of a teacher. ``adversarial`` (e.g. the PGD settings of adversarial
+    training) enters the hash only when given, so it never collides with the standard
+    teacher of the same architecture, data, recipe and seed, whose key it leaves unchanged."""
     spec = {
         "version": TEACHER_CACHE_VERSION,
         "arch": arch,
@@ -67,6 +71,8 @@ def teacher_key(
         "recipe": dataclasses.asdict(recipe),
         "seed": seed,
     }
+    if adversarial is not None:
+        spec["adversarial"] = dict(adversarial)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmarks.claims import Claim
 from benchmarks.method import Compressed, Method, RunContext
 from benchmarks.registry import METHODS
 from methods.common import kd_kl
@@ -18,6 +19,14 @@ class KD(Method):
 
     Defaults are RepDistiller's CIFAR-100 protocol (T=4, γ=0.1, α=0.9).
     """
+
+    # RepDistiller README (CIFAR-100, T=4; methods/compression.md §7): resnet32x4→resnet8x4
+    # KD 73.33 vs the student alone 72.50 (+0.83); wrn_40_2→wrn_16_2 74.92 vs 73.26 (+1.66).
+    claims = (
+        Claim("kd", "scratch", "top1", paper=0.83,
+              paper_note="Δ, RepDistiller README: resnet32x4→resnet8x4 73.33 vs 72.50",
+              text="KD beats the same student trained alone on the labels"),
+    )
 
     @dataclass(frozen=True)
     class Config:

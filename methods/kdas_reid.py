@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from benchmarks.claims import Claim
 from benchmarks.data import Batch, BatchLoader, ImageSplit
 from benchmarks.errors import ConfigError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
@@ -33,7 +34,15 @@ from benchmarks.registry import METHODS
 from benchmarks.train import FitState, LossFn
 from methods.common import epoch_temperature, kd_kl
 from methods.common.temperature import check_schedule
-from reid.nas import SEARCH_SPACE, DerivedNetwork, Genotype, MacroSpec, Supernet, check_ops
+from reid.nas import (
+    SEARCH_SPACE,
+    DerivedNetwork,
+    Genotype,
+    MacroSpec,
+    Supernet,
+    auto_stem_downsample,
+    check_ops,
+)
 
 SMOKE_OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3", "part_aware")
 
@@ -97,6 +106,17 @@ class KDASReID(Method):
 
     label = "after Lei et al. 2021"
 
+    # Abstract (online-det-reid.md §4.1): the searched model has < 50 % of the ResNet-50
+    # teacher's parameters and beats it; Market-1501 rank-1 94.6 %.
+    claims = (
+        Claim("kdas_reid", "teacher", "params_ratio", direction="lower", margin=0.5,
+              paper_note="abstract: < 50 % of the teacher's parameters",
+              text="the searched network has under half the teacher's parameters"),
+        Claim("kdas_reid", "teacher", "rank1", paper=94.6,
+              paper_note="value, Market-1501 rank-1 (Auto-ReID search space)",
+              text="the searched network beats the teacher's rank-1"),
+    )
+
     @dataclass(frozen=True)
     class Config:
         t0: float = 4.0  # initial temperature of both phases; decays to exactly 1
@@ -118,7 +138,11 @@ class KDASReID(Method):
         # derived network and retraining
         channels: int = 36
         layers: int = 20
-        stem_downsample: int = 2  # stride-2 stem convs: 256x128 inputs reach the cells at 64x32
+        # Stride-2 stem convs (0: one stride-1 conv). None: from the input height
+        # (reid.nas.auto_stem_downsample): ReID's 256x128 (and 128x64) get 2, so cells see
+        # 64x32; 64x32 smoke inputs get 1 (32x16); CIFAR-size 32x32 inputs get DARTS's CIFAR
+        # stem, stride 1, so cells see 32x32 (not 8x8). An int overrides it.
+        stem_downsample: int | None = None
         kd_weight: float = 1.0  # λ while retraining
         retrain_epochs: int | None = None  # None: the suite's recipe, like every student
 
@@ -129,6 +153,9 @@ class KDASReID(Method):
                         "search_layers", "steps", "channels", "layers"):
                 if getattr(self, key) < 1:
                     raise ConfigError(f"kdas_reid {key} must be >= 1; got {getattr(self, key)}")
+            if self.stem_downsample is not None and self.stem_downsample < 0:
+                raise ConfigError(f"kdas_reid stem_downsample must be None (auto) or >= 0; "
+                                  f"got {self.stem_downsample}")
             for key in ("search_kd_weight", "kd_weight"):
                 if not 0 <= getattr(self, key) <= 1:
                     raise ConfigError(f"kdas_reid {key} must be in [0, 1]; "
@@ -137,7 +164,7 @@ class KDASReID(Method):
     # CPU smoke: the scale of the spec's §4.6 (2-cell supernet, 8 channels, 5 ops, 2 epochs).
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(
         search_epochs=2, search_batch_size=32, search_images=128, search_channels=8,
-        search_layers=2, ops=SMOKE_OPS, channels=8, layers=2, stem_downsample=1,
+        search_layers=2, ops=SMOKE_OPS, channels=8, layers=2,
         retrain_epochs=2,  # the derived net runs at full resolution: keeps smoke in minutes
     )}
 
@@ -145,7 +172,9 @@ class KDASReID(Method):
         cfg = self.cfg
         teacher = ctx.teacher()
         genotype, search = self.search(ctx, teacher)
-        spec = MacroSpec(cfg.channels, cfg.layers, cfg.stem_downsample)
+        height, width = ctx.data.input_shape[-2:]
+        downsample, rule = self.stem(height)
+        spec = MacroSpec(cfg.channels, cfg.layers, downsample)
         net = DerivedNetwork(spec, genotype, ctx.num_classes).to(ctx.device)
         temperature = Temperature(cfg.t0, cfg.temperature_schedule)
         epochs = {"epochs": cfg.retrain_epochs} if cfg.retrain_epochs else {}
@@ -154,9 +183,18 @@ class KDASReID(Method):
         return Compressed(
             model=net,
             extras={"genotype": genotype.to_dict(), "architecture": net.architecture(),
+                    "stem": {"downsample": downsample, "rule": rule,
+                             "cell_input": [-(-height // 2 ** downsample),
+                                            -(-width // 2 ** downsample)]},
                     "search": search, "retrain_temperatures": _listed(temperature)},
             notes=["student searched (the pair's student architecture is not used)"],
         )
+
+    def stem(self, height: int) -> tuple[int, str]:
+        """(stride-2 stem convs, the rule that chose them) for inputs ``height`` rows high."""
+        if self.cfg.stem_downsample is not None:
+            return self.cfg.stem_downsample, "configured"
+        return auto_stem_downsample(height), f"auto from input height {height}"
 
     def search(self, ctx: RunContext,
                teacher: FrozenTeacher) -> tuple[Genotype, dict[str, Any]]:
@@ -168,7 +206,8 @@ class KDASReID(Method):
         if batch_size < 1:
             raise ConfigError(f"kdas_reid needs at least 2 training images to search; the "
                               f"search set has {len(images)}")
-        spec = MacroSpec(cfg.search_channels, cfg.search_layers, cfg.stem_downsample)
+        spec = MacroSpec(cfg.search_channels, cfg.search_layers,
+                         self.stem(ctx.data.input_shape[-2])[0])
         supernet = Supernet(spec, ctx.num_classes, cfg.ops, cfg.steps).to(ctx.device)
         temperature = Temperature(cfg.t0, cfg.temperature_schedule)
         arch_step = self._arch_stepper(ctx, supernet, teacher, temperature, half_b, batch_size)

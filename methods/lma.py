@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.claims import Claim
 from benchmarks.config import Pair, TrainRecipe
 from benchmarks.errors import ConfigError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
@@ -49,6 +50,14 @@ def lma_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
 @METHODS.register_module("lma")
 class LMAMethod(Method):
     """Student with every ReLU replaced by LMA, trained by KD from the teacher."""
+
+    # README of motefly/LMA (online-det-reid.md §2.4): CIFAR-10 Student 1, 5 seeds, LMA-8
+    # 90.57 ± 0.20 vs ReLU 88.74 (the listed seeds' mean): +1.83 pp with the same KD.
+    claims = (
+        Claim("lma", "lma:relu", "top1", paper=1.83,
+              paper_note="Δ, LMA README: CIFAR-10 Student 1, LMA-8 90.57 vs ReLU 88.74",
+              text="LMA activations beat ReLU in the same student under the same KD"),
+    )
 
     @dataclass(frozen=True)
     class Config:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.claims import Claim
 from benchmarks.config import Pair, TrainRecipe
 from benchmarks.data import BatchLoader
 from benchmarks.errors import ConfigError
@@ -119,9 +120,10 @@ def peer_diversity(peer_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def score_branches(net: PeerNetwork, loader: BatchLoader) -> dict[str, Any]:
+def score_branches(net: PeerNetwork, loader: BatchLoader, suffix: str = "") -> dict[str, Any]:
     """Top-1 (percent) of every peer, the leader and the peer ensemble (mean peer logits),
-    and the peer diversity, on ``loader``; the network's train/eval mode is given back."""
+    and the peer diversity, on ``loader``, each key ending in ``suffix`` (e.g. the split's
+    name); the network's train/eval mode is given back."""
     was_training = net.training
     net.eval()
     peer_hits, leader_hits, ensemble_hits, diversity, total = None, 0, 0, 0.0, 0
@@ -135,10 +137,10 @@ def score_branches(net: PeerNetwork, loader: BatchLoader) -> dict[str, Any]:
         total += len(batch.y)
     net.train(was_training)
     return {
-        "peer_top1": [100.0 * int(h) / total for h in peer_hits],
-        "leader_top1": 100.0 * leader_hits / total,
-        "peer_ensemble_top1": 100.0 * ensemble_hits / total,
-        "peer_diversity": diversity / total,
+        f"peer_top1{suffix}": [100.0 * int(h) / total for h in peer_hits],
+        f"leader_top1{suffix}": 100.0 * leader_hits / total,
+        f"peer_ensemble_top1{suffix}": 100.0 * ensemble_hits / total,
+        f"peer_diversity{suffix}": diversity / total,
     }
 
 
@@ -175,6 +177,15 @@ class OKDDip(Method):
     reference = "scratch"  # no teacher: compared with the same backbone trained alone
     uses_teacher = False
     label = "online KD, no teacher; Δ vs scratch"
+
+    # The OKDDip tables were not readable (online-det-reid.md §1.4); the PCL paper's re-run
+    # gives OKDDip 73.25 ± 0.38 on ResNet-32 CIFAR-100 (the backbone alone ≈ 70-71, unverified).
+    claims = (
+        Claim("okddip", "scratch", "top1", paper=73.25,
+              paper_note="value, PCL re-run: ResNet-32 CIFAR-100 leader 73.25",
+              text="the group leader trained with diverse peers beats the same backbone "
+                   "trained alone"),
+    )
 
     @dataclass(frozen=True)
     class Config:
@@ -229,11 +240,13 @@ class OKDDip(Method):
         recipe = ctx.recipe.replace(**cfg.recipe)
         ctx.fit(net, loss, recipe=recipe, before_epoch=tracker.before_epoch,
                 after_epoch=tracker.after_epoch)
-        scores = score_branches(net, ctx.test_loader())
-        ctx.log.info("okddip peers %s, ensemble %.2f, leader %.2f, diversity %.4f",
-                     ", ".join(f"{a:.2f}" for a in scores["peer_top1"]),
-                     scores["peer_ensemble_top1"], scores["leader_top1"],
-                     scores["peer_diversity"])
+        # Diagnostics after training, never used for a decision (the leader is deployed
+        # whatever they are): read on the test split, and the keys say so.
+        scores = score_branches(net, ctx.test_loader(), suffix="_test")
+        ctx.log.info("okddip (test split) peers %s, ensemble %.2f, leader %.2f, "
+                     "diversity %.4f", ", ".join(f"{a:.2f}" for a in scores["peer_top1_test"]),
+                     scores["peer_ensemble_top1_test"], scores["leader_top1_test"],
+                     scores["peer_diversity_test"])
         notes = [] if recipe == ctx.recipe else [
             "trained with OKDDip's own schedule; the scratch reference with the suite's"]
         return Compressed(

@@ -1,12 +1,18 @@
 """Robust pruning + KD with adversarial training by proximal gradient (Lee & Lee 2021).
 
 min_w E[(1−α)·CE(f_w(x'), y) + α·T²·KL(σ(f_T(x')/T) ‖ σ(f_w(x')/T))] + λ·Ω(w), x' = PGD_w(x).
-The network being compressed is a copy of the trained teacher, distilled from its frozen,
-unpruned self. Each step trains on PGD examples crafted against the student, then applies
-the prox of ηλΩ with the step's current learning rate η: soft-thresholding (Ω = ‖w‖₁,
-unstructured) or group soft-thresholding over channels (Ω = Σ_g ‖w_g‖₂, structured). Then a
-hard threshold to the target compression, and an adversarial KD fine-tune with the zero
-pattern frozen; structured mode removes the zero channels physically first.
+The network being compressed is a copy of the adversarially trained teacher (PGD
+adversarial training of the pair's teacher architecture with the budget's teacher recipe,
+cached under its own key), distilled from its frozen, unpruned self: on attacked images a
+standard teacher's soft labels are mostly its own mistakes. Each step trains on PGD
+examples crafted against the student, then applies the prox of ηλΩ with the step's current
+learning rate η: soft-thresholding (Ω = ‖w‖₁, unstructured) or group soft-thresholding over
+channels (Ω = Σ_g ‖w_g‖₂, structured), its threshold capped so that it never leaves more
+zeros than the target compression removes. Then a hard threshold to the target
+compression, and an adversarial KD fine-tune with the zero pattern frozen; structured mode
+removes the zero channels physically first. A prox phase that empties a layer, or a result
+at chance where the unpruned network is not, is an error (``PruningCollapseError``), never
+a board row.
 """
 
 from __future__ import annotations
@@ -21,14 +27,26 @@ import torch
 from torch import nn
 
 from benchmarks.attacks import PGDConfig, seeded_generator
+from benchmarks.claims import Claim
 from benchmarks.data import BatchLoader
-from benchmarks.errors import ConfigError
+from benchmarks.errors import ConfigError, TrainingError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS
+from benchmarks.teachers import TeacherInfo
 from benchmarks.train import FitState
-from methods.common.adversarial import AdversarialForward, adversarial_kd_loss
+from methods.common.adversarial import (
+    AdversarialForward,
+    adversarial_kd_loss,
+    adversarial_teacher,
+)
 from methods.common.bn import recalibrate_bn
-from methods.common.proximal import group_sparsity, l1_sparsity, prox_group_, prox_l1_
+from methods.common.proximal import (
+    capped_threshold,
+    group_sparsity,
+    l1_sparsity,
+    prox_group_,
+    prox_l1_,
+)
 from methods.common.pruning import (
     ChannelGroup,
     apply_masks,
@@ -40,8 +58,14 @@ from methods.common.pruning import (
 )
 
 SPARSITY_MODES = ("filter", "unstructured")
-CONTROLS = ("magnitude_adv_ft", "prox_no_kd")
+TEACHERS = ("adversarial", "standard")
+CONTROLS = ("magnitude_adv_ft", "prox_no_kd", "standard_teacher")
 UNSTRUCTURED_NOTE = "unstructured sparsity: zeros in dense weights, no dense MACs/latency gain"
+
+
+class PruningCollapseError(TrainingError):
+    """The sparsity strength destroyed the network (a layer with no channel left, or
+    accuracy at chance); the run is recorded as failed, never as a leaderboard row."""
 
 
 @METHODS.register_module("robust_prune_kd")
@@ -54,12 +78,30 @@ class RobustPruneKD(Method):
     with the product of its kept input and output channels. The prox uses
     λ·log2(compression), so one ``lam`` serves every point of the 2/4/8/16× sweep (the
     suite's variants ``robust_prune_kd_x2`` ... ``_x8``, which set only ``compression``).
+    Each prox step's threshold is capped so that it leaves at most as many zeros (channels,
+    or weights when unstructured) as the hard cut removes: a λ too strong for a long
+    schedule stops at the requested compression instead of zeroing every channel.
+    ``teacher``: the network compressed and distilled from is the adversarially trained
+    teacher (default; trained and cached on first use, PGD-``teacher_attack_steps``) or the
+    harness's standard one.
     Controls, extra rows on the same board: ``magnitude_adv_ft`` (magnitude prune to the
-    same target, adversarial CE fine-tune for as many epochs as the method trains in all)
-    and ``prox_no_kd`` (the method with α = 0).
+    same target, adversarial CE fine-tune for as many epochs as the method trains in all),
+    ``prox_no_kd`` (the method with α = 0) and ``standard_teacher`` (the method on the
+    standard, non-robust teacher: compressed from it and distilled from it).
     """
 
     label = "after Lee & Lee 2021"
+
+    # Abstract [S] (compression.md §4.3): a better robustness-vs-compression trade-off than
+    # adversarial pruning; no numeric table was readable. Both controls are on the same target.
+    claims = (
+        Claim("robust_prune_kd", "robust_prune_kd:magnitude_adv_ft", "robust_top1",
+              text="prox-grad adversarial KD pruning keeps more PGD-20 accuracy than magnitude "
+                   "pruning with adversarial fine-tuning at the same compression"),
+        Claim("robust_prune_kd", "robust_prune_kd:prox_no_kd", "robust_top1",
+              text="KD from the teacher adds robust accuracy to the same prox-grad pruning "
+                   "(α = 0)"),
+    )
 
     @dataclass(frozen=True)
     class Config:
@@ -67,6 +109,12 @@ class RobustPruneKD(Method):
         compression: float = 16.0  # Ye et al.'s example: 93.75 % of the weights pruned
         lam: float = 1e-3  # λ per halving [R]: the prox uses lam·log2(compression)
         controls: tuple[str, ...] = CONTROLS
+        # "adversarial": PGD-trained teacher (compression.md §4.1), cached under its own key
+        # (the attack below, with teacher_attack_steps/teacher_step_size); "standard": the
+        # harness's teacher, trained on clean images (the standard_teacher control's setting)
+        teacher: str = "adversarial"
+        teacher_attack_steps: int | None = None  # None: attack_steps (Ye et al.'s pretraining)
+        teacher_step_size: float | None = None  # None: step_size
         temperature: float = 4.0
         alpha: float = 0.9  # weight of the KD term; CE gets 1 − α
         # Training attack: Ye et al.'s CIFAR config (PGD-10, ε = 8/255, step 2/255, random start)
@@ -83,6 +131,9 @@ class RobustPruneKD(Method):
         # Clean training batches to re-estimate BN statistics on at the end [R]; 0: none. A
         # few-step run leaves running statistics that predate the pruning (stale in eval).
         final_bn_batches: int = 0
+        # Training images (seed-1 class-balanced subset, not the test split) on which a row at
+        # chance, where the unpruned network is clearly above it, raises; 0: no check
+        collapse_check_images: int = 500
 
         def __post_init__(self) -> None:
             if self.sparsity not in SPARSITY_MODES:
@@ -97,49 +148,86 @@ class RobustPruneKD(Method):
                                   f"known: {', '.join(CONTROLS)}")
             if not 0 <= self.alpha <= 1:
                 raise ConfigError(f"robust_prune_kd.alpha must be in [0, 1], got {self.alpha}")
+            if self.teacher not in TEACHERS:
+                raise ConfigError(f"robust_prune_kd.teacher must be one of {TEACHERS}, "
+                                  f"got {self.teacher!r}")
 
     # Smoke: one cheap point, PGD-3 (compression.md §4.5), 256 images, one epoch per phase.
+    # The adversarial teacher is trained with one attack step of 1.25·ε from a random start
+    # (FGSM-RS, Wong et al. 2020): about 1.5x the standard teacher's time instead of 11x for
+    # PGD-10, paid once per cache (a few CPU minutes on the smoke budget).
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {
         "compression": 2.0, "lam": 15.0, "controls": (), "attack_steps": 3,
         "prox_epochs": 1, "finetune_epochs": 1, "lr": 0.01, "train_images": 256,
-        "final_bn_batches": 4,
+        "final_bn_batches": 4, "teacher_attack_steps": 1, "teacher_step_size": 10 / 255,
     }}
 
     def run(self, ctx: RunContext) -> Compressed:
         cfg = self.cfg
-        teacher = ctx.teacher()
-        main = self.prox_prune(ctx, teacher, cfg.alpha, "main")
+        standard = ctx.teacher()
+        if cfg.teacher == "adversarial":
+            teacher, about = self.robust_teacher(ctx)
+        else:
+            teacher, about = standard, {"kind": "standard"}
+        main = self.prox_prune(ctx, teacher, cfg.alpha, "main", about)
         controls = {}
         if "prox_no_kd" in cfg.controls:
-            controls["prox_no_kd"] = self.prox_prune(ctx, teacher, 0.0, "prox_no_kd")
+            controls["prox_no_kd"] = self.prox_prune(ctx, teacher, 0.0, "prox_no_kd", about)
         if "magnitude_adv_ft" in cfg.controls:
-            controls["magnitude_adv_ft"] = self.magnitude_baseline(ctx, teacher)
+            controls["magnitude_adv_ft"] = self.magnitude_baseline(ctx, teacher, about)
+        if "standard_teacher" in cfg.controls and cfg.teacher != "standard":
+            controls["standard_teacher"] = self.prox_prune(
+                ctx, standard, cfg.alpha, "standard_teacher", {"kind": "standard"})
         main.controls = controls
         return main
 
     # ---- the method -------------------------------------------------------------------
+    @property
+    def teacher_attack(self) -> PGDConfig:
+        """The PGD of the adversarial teacher's training (part of its cache key)."""
+        cfg = self.cfg
+        steps = cfg.attack_steps if cfg.teacher_attack_steps is None else cfg.teacher_attack_steps
+        step = cfg.step_size if cfg.teacher_step_size is None else cfg.teacher_step_size
+        return PGDConfig(eps=cfg.eps, step_size=step, steps=steps, random_start=cfg.random_start)
+
+    def robust_teacher(self, ctx: RunContext) -> tuple[FrozenTeacher, dict[str, Any]]:
+        """The adversarially trained teacher (from its cache) and what the record says of it."""
+        attack = self.teacher_attack
+        teacher, info = adversarial_teacher(ctx, attack)
+        return teacher, teacher_extras(info, attack)
+
     def prox_prune(self, ctx: RunContext, teacher: FrozenTeacher, alpha: float,
-                   name: str) -> Compressed:
-        """Prox-grad adversarial (KD) training, hard threshold, adversarial KD fine-tune."""
+                   name: str, about: dict[str, Any] | None = None) -> Compressed:
+        """Prox-grad adversarial (KD) training, hard threshold, adversarial KD fine-tune.
+
+        ``teacher`` is both the network compressed and the one distilled from; ``about``
+        describes it for the record.
+        """
         cfg = self.cfg
         lam = self.effective_lam
         student = self.student_from(teacher)
         example = ctx.example_input()
         groups = self.groups(student, example)
+        max_zeros, target = self.max_zeros(student, groups)
         loss = adversarial_kd_loss(teacher, alpha, cfg.temperature)
-        prox = self.prox_hook(student, groups, lam)
+        prox = self.prox_hook(student, groups, lam, max_zeros, name)
         self.adversarial_fit(ctx, student, loss, f"{name}-prox", cfg.prox_epochs,
                              after_step=prox)
         prox_zeros = self.sparsity(student, groups)
+        self.check_no_empty_layer(student, groups, name, lam, prox_zeros, target)
         freeze = self.hard_threshold(student, groups, example)
         self.adversarial_fit(ctx, student, loss, f"{name}-finetune", cfg.finetune_epochs,
                              after_step=freeze)
         self.settle_bn(ctx, student)
+        self.check_not_at_chance(ctx, student, teacher, name, lam, prox_zeros, target)
         return self.result(student, lam, alpha,
-                           {"prox_sparsity": prox_zeros, "phase_epochs":
-                            [cfg.prox_epochs, cfg.finetune_epochs]})
+                           {"prox_sparsity": prox_zeros, "prox_target_sparsity": target,
+                            "prox_capped_steps": prox.stats["capped"],
+                            "prox_steps": prox.stats["steps"],
+                            "phase_epochs": [cfg.prox_epochs, cfg.finetune_epochs]}, about)
 
-    def magnitude_baseline(self, ctx: RunContext, teacher: FrozenTeacher) -> Compressed:
+    def magnitude_baseline(self, ctx: RunContext, teacher: FrozenTeacher,
+                           about: dict[str, Any] | None = None) -> Compressed:
         """Control (a): magnitude prune to the target, then adversarial CE fine-tune."""
         cfg = self.cfg
         student = self.student_from(teacher)
@@ -150,7 +238,7 @@ class RobustPruneKD(Method):
         self.adversarial_fit(ctx, student, adversarial_kd_loss(None, 0.0, cfg.temperature),
                              "magnitude-finetune", epochs, after_step=freeze)
         self.settle_bn(ctx, student)
-        return self.result(student, 0.0, 0.0, {"phase_epochs": [epochs]})
+        return self.result(student, 0.0, 0.0, {"phase_epochs": [epochs]}, about)
 
     @property
     def effective_lam(self) -> float:
@@ -168,19 +256,130 @@ class RobustPruneKD(Method):
             return []
         return channel_groups(student, example, exclude=[classifier_of(student)])
 
-    def prox_hook(self, student: nn.Module, groups: list[ChannelGroup],
-                  lam: float) -> Callable[[FitState], None]:
-        """After each optimiser step: prox of η·λ·Ω with the step's current η."""
-        weights = [m.weight for m in prunable_layers(student)]
+    def prox_hook(self, student: nn.Module, groups: list[ChannelGroup], lam: float,
+                  max_zeros: int | None = None,
+                  name: str = "main") -> Callable[[FitState], None]:
+        """After each optimiser step: prox of η·λ·Ω with the step's current η.
+
+        With ``max_zeros`` (what the hard cut removes: channels, or weights when
+        unstructured), each step's threshold is capped just below the (max_zeros + 1)-th
+        smallest magnitude, so the prox never leaves more zeros than the requested
+        compression: where the schedule is longer than the one λ was set for, λ is lowered
+        on the steps that would overshoot instead of zeroing every channel. The cap depends
+        only on the current weights, so a resumed run takes the same steps. A λ whose first
+        step alone would zero every channel of a layer raises ``PruningCollapseError``.
+        ``hook.stats`` counts the steps and the capped ones.
+        """
+        layers = prunable_layers(student)
+        names = {m: n for n, m in student.named_modules()}
+        stats = {"steps": 0, "capped": 0}
 
         def hook(state: FitState) -> None:
+            stats["steps"] += 1
             threshold = state.optimizer.param_groups[0]["lr"] * lam
+            if threshold <= 0:
+                return
+            if self.cfg.sparsity == "filter":
+                units = [(names[g.layers[0]], g.squared_norms().sqrt()) for g in groups]
+            else:
+                units = [(names[m], m.weight.detach().abs()) for m in layers]
+            if state.step == 1:  # the trained network: a λ that empties a layer at once
+                self.refuse_layer_wipe(units, threshold, lam, name)
+            if max_zeros is not None:
+                capped = capped_threshold(torch.cat([u.flatten() for _, u in units]),
+                                          threshold, max_zeros)
+                stats["capped"] += int(capped < threshold)
+                threshold = capped
             if self.cfg.sparsity == "filter":
                 prox_group_(groups, threshold)
             else:
-                prox_l1_(weights, threshold)
+                prox_l1_([m.weight for m in layers], threshold)
 
+        hook.stats = stats  # type: ignore[attr-defined]
         return hook
+
+    def refuse_layer_wipe(self, units: list[tuple[str, torch.Tensor]], threshold: float,
+                          lam: float, name: str) -> None:
+        """Raise ``PruningCollapseError`` if one prox step at ``threshold`` zeroes a layer."""
+        for layer, magnitudes in units:
+            largest = float(magnitudes.max())
+            if largest <= threshold:
+                unit = "channel norm" if self.cfg.sparsity == "filter" else "|weight|"
+                raise PruningCollapseError(
+                    f"{self.name or 'robust_prune_kd'} ({name}): λ = {lam:g} (lam "
+                    f"{self.cfg.lam:g} × log2 {self.cfg.compression:g}) is so strong that the "
+                    f"first prox step (threshold lr × λ = {threshold:g}) zeroes every "
+                    f"{'channel' if self.cfg.sparsity == 'filter' else 'weight'} of layer "
+                    f"{layer!r} (its largest {unit} is {largest:.3g}), so the network would be "
+                    f"at chance. {self.remedy()}")
+
+    def kept_channels(self, groups: list[ChannelGroup]) -> int:
+        """Structured: ⌈N/√c⌉ of the N prunable channels are kept by the hard cut."""
+        return math.ceil(sum(g.channels for g in groups) / math.sqrt(self.cfg.compression))
+
+    def max_zeros(self, student: nn.Module, groups: list[ChannelGroup]) -> tuple[int, float]:
+        """How many channels (or weights) the hard cut removes, and that as a fraction."""
+        if self.cfg.sparsity == "filter":
+            total = sum(g.channels for g in groups)
+            zeros = total - self.kept_channels(groups)
+        else:
+            total = sum(m.weight.numel() for m in prunable_layers(student))
+            zeros = int((1 - 1 / self.cfg.compression) * total)
+        return zeros, zeros / max(1, total)
+
+    def check_no_empty_layer(self, student: nn.Module, groups: list[ChannelGroup], name: str,
+                             lam: float, zeros: float, target: float) -> None:
+        """Raise ``PruningCollapseError`` naming the layers the prox phase left all zero."""
+        names = {m: n for n, m in student.named_modules()}
+        if self.cfg.sparsity == "filter":
+            empty = [(names[g.layers[0]], g.channels) for g in groups
+                     if bool((g.squared_norms() == 0).all())]
+            unit = "channels"
+        else:
+            empty = [(names[m], m.weight.numel()) for m in prunable_layers(student)
+                     if not bool(m.weight.any())]
+            unit = "weights"
+        if not empty:
+            return
+        layer, size = empty[0]
+        more = f" ({len(empty)} layers in all: {', '.join(n for n, _ in empty)})" \
+            if len(empty) > 1 else ""
+        raise PruningCollapseError(
+            f"{self.name or 'robust_prune_kd'} ({name}): the prox phase zeroed all {size} "
+            f"{unit} of layer {layer!r}{more}, so the network is at chance; λ = {lam:g} "
+            f"(lam {self.cfg.lam:g} × log2 {self.cfg.compression:g}) with lr "
+            f"{self.cfg.lr:g} over {self.cfg.prox_epochs} prox epochs left {zeros:.0%} zero "
+            f"(target {target:.0%}). {self.remedy()}")
+
+    def check_not_at_chance(self, ctx: RunContext, student: nn.Module, teacher: FrozenTeacher,
+                            name: str, lam: float, zeros: float, target: float) -> None:
+        """Raise ``PruningCollapseError`` when the result is at chance on held-out training
+        images on which the unpruned network is clearly above chance."""
+        n = min(self.cfg.collapse_check_images, len(ctx.train_split))
+        if n <= 0:
+            return
+        images = ctx.train_split.subset(n, seed=1)  # the method trains on the seed-0 subset
+        p = 1 / ctx.num_classes
+        bound = 100 * (p + 3 * math.sqrt(p * (1 - p) / len(images)))  # chance + 3σ, percent
+        base = ctx.evaluate(teacher, images)["top1"]
+        if base <= 2 * bound:
+            return  # the unpruned network is not clearly above chance: nothing to lose
+        acc = ctx.evaluate(student, images)["top1"]
+        if acc > bound:
+            return
+        raise PruningCollapseError(
+            f"{self.name or 'robust_prune_kd'} ({name}): the pruned network is at chance "
+            f"({acc:.1f}% top-1 on {len(images)} held-out training images; chance "
+            f"{100 * p:.1f}%, the unpruned network {base:.1f}%); its narrowest layer is "
+            f"{narrowest_layer(student)}. λ = {lam:g} (lam {self.cfg.lam:g} × log2 "
+            f"{self.cfg.compression:g}) left {zeros:.0%} zero after the prox phase (target "
+            f"{target:.0%}). {self.remedy()}")
+
+    def remedy(self) -> str:
+        method = self.name or "robust_prune_kd"
+        return (f"Lower the sparsity strength (e.g. --set {method}.lam={self.cfg.lam / 10:g}) "
+                f"or the prox phase's length ({method}.prox_epochs), or ask for less "
+                f"compression ({method}.compression).")
 
     def sparsity(self, student: nn.Module, groups: list[ChannelGroup]) -> float:
         """Zero channels (structured) or zero weights (unstructured), as a fraction."""
@@ -198,8 +397,7 @@ class RobustPruneKD(Method):
         """
         compression = self.cfg.compression
         if self.cfg.sparsity == "filter":
-            zero_weakest_channels(groups, math.ceil(
-                sum(g.channels for g in groups) / math.sqrt(compression)))
+            zero_weakest_channels(groups, self.kept_channels(groups))
             remove_zero_channels(student, example, exclude=[classifier_of(student)])
             return None
         masks = magnitude_masks(student, 1 - 1 / compression,
@@ -227,17 +425,39 @@ class RobustPruneKD(Method):
         return ctx.loader(ctx.train_split.subset(self.cfg.train_images, seed=0), train=True)
 
     def result(self, student: nn.Module, lam: float, alpha: float,
-               extras: dict[str, Any]) -> Compressed:
+               extras: dict[str, Any], about: dict[str, Any] | None = None) -> Compressed:
         cfg = self.cfg
         prunable = [m.weight for m in prunable_layers(student)]
         notes = [UNSTRUCTURED_NOTE] if cfg.sparsity == "unstructured" else []
+        about = about or {"kind": "standard"}
         return Compressed(model=student.eval(), notes=notes, extras={
             **extras, "sparsity_mode": cfg.sparsity, "target_compression": cfg.compression,
             "effective_lam": lam, "alpha": alpha, "final_weight_sparsity": l1_sparsity(prunable),
-            "base_model": "teacher", "teacher_adversarially_trained": False,
+            "base_model": f"{about['kind']} teacher",
+            "teacher_adversarially_trained": about["kind"] == "adversarial", "kd_teacher": about,
             "train_attack": {"eps": cfg.eps, "step_size": cfg.step_size,
                              "steps": cfg.attack_steps, "random_start": cfg.random_start},
         })
+
+
+def teacher_extras(info: TeacherInfo, attack: PGDConfig) -> dict[str, Any]:
+    """What a record says of the adversarial teacher (the harness records the standard one)."""
+    return {"kind": "adversarial", "sha256": info.sha256, "source": info.source,
+            "clean_top1": info.top1, "clean_top5": info.top5,
+            "attack": {"eps": attack.eps, "step_size": attack.step_size, "steps": attack.steps,
+                       "random_start": attack.random_start}}
+
+
+def narrowest_layer(model: nn.Module) -> str:
+    """The prunable layer with the fewest channels alive (ties: the most zero weights)."""
+    names = {m: n for n, m in model.named_modules()}
+    found = []
+    for m in prunable_layers(model):
+        alive = int(m.weight.flatten(1).abs().sum(1).gt(0).sum())
+        zero = float((m.weight == 0).float().mean())
+        found.append((alive, -zero, f"{names[m]!r} ({alive} of {m.weight.shape[0]} channels "
+                                    f"alive, {zero:.0%} zero weights)"))
+    return min(found)[2] if found else "none"
 
 
 @torch.no_grad()

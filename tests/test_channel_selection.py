@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -196,3 +197,100 @@ def test_bad_config_names_what_is_allowed():
         ChannelSelection.make_config("full", {"target": "both"})
     with pytest.raises(ConfigError, match=r"keep_ratio must be in \(0, 1\]"):
         ChannelSelection.make_config("full", {"keep_ratio": 0.0})
+
+
+# ---- what ranks the channels: training, not the random draw ---------------------------
+def _selection_cut(ctx, teacher, init_seed, **config):
+    method = ChannelSelection(ChannelSelection.make_config(
+        "smoke", {"train_images": 128, "min_channels": 1, **config}))
+    # its own checkpoint directory: a second call must not resume the first one's fit
+    ctx = dataclasses.replace(ctx, workdir=ctx.workdir / f"init{init_seed}-seed{ctx.seed}")
+    net = copy.deepcopy(teacher.model).requires_grad_(True)
+    torch.manual_seed(init_seed)
+    coefficients = insert_gates(net, X[:1], lambda c: torch.empty(c).uniform_(0.9, 1.1))
+    method.select(ctx, teacher, net, coefficients, X[:1], ctx.train_loader(images=128))
+    return net, coefficients, [c.detach() == 0 for c in coefficients]
+
+
+def test_without_training_the_cut_ignores_the_random_initial_coefficients(make_context):
+    ctx = make_context(resnet20(), pair=("resnet20", "resnet8"), lr=0.0)  # lr 0: no step moves
+    teacher = ctx.teacher()
+    first = _selection_cut(ctx, teacher, init_seed=0)
+    second = _selection_cut(ctx, teacher, init_seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first[2], second[2], strict=True)), \
+        "two random draws of the coefficients gave two different cuts: the draw decided"
+    net = first[0]  # untrained: the channels with the larger BN scale stay
+    for coeff, gates in gate_groups(net):
+        gamma = torch.stack([g.bn.weight.detach().abs() for g in gates]).mean(0)
+        dropped = coeff.detach() == 0
+        if dropped.any():
+            assert gamma[dropped].max() <= gamma[~dropped].min()
+
+
+def test_channel_scores_are_the_folded_scale_over_the_initial_draw():
+    from methods.common.channel_gates import channel_scores
+
+    model, coefficients = gated()
+    initial = [c.detach().clone() for c in coefficients]
+    gates = dict((id(c), g) for c, g in gate_groups(model))
+    scores = channel_scores(model, coefficients, initial)
+    for coeff, score in zip(coefficients, scores, strict=True):
+        gamma = torch.stack([g.bn.weight.detach().abs() for g in gates[id(coeff)]]).mean(0)
+        assert torch.allclose(score, gamma)  # untrained: m = m0, only the BN scale counts
+    with torch.no_grad():
+        coefficients[0][3] *= 2  # training doubled one coefficient ...
+        gates[id(coefficients[0])][0].bn.weight[5] = 0  # ... and zeroed one BN scale
+    after = channel_scores(model, coefficients, initial)
+    assert after[0][3] == pytest.approx(2 * float(scores[0][3]))
+    assert after[0][5] < scores[0][5]
+
+
+def test_the_ranking_follows_the_training_data(make_context):
+    torch.manual_seed(0)
+    plain = build_model("resnet20", num_classes=100).eval()  # BN scales all 1: training decides
+    cuts = []
+    for seed in (0, 1):  # the same initial coefficients, other batches in another order
+        ctx = make_context(plain, pair=("resnet20", "resnet8"), seed=seed)
+        cuts.append(_selection_cut(ctx, ctx.teacher(), init_seed=0)[2])
+    assert not all(torch.equal(a, b) for a, b in zip(*cuts, strict=True))
+
+
+# ---- the L1-magnitude control -----------------------------------------------------------
+def test_l1_control_cuts_the_same_counts_by_filter_l1_and_fine_tunes_the_same(
+        make_context, monkeypatch):
+    teacher = resnet20()
+    cfg = ChannelSelection.make_config("smoke", {"train_images": 128, "min_channels": 1})
+    method = ChannelSelection(cfg)
+    tuned = []
+    finetune = method.finetune
+
+    def spy(ctx, t, net, loader, **kwargs):
+        tuned.append((net, loader))
+        return finetune(ctx, t, net, loader, **kwargs)
+
+    monkeypatch.setattr(method, "finetune", spy)
+    out = method.run(make_context(teacher, pair=("resnet20", "resnet8")))
+    assert set(out.controls) == {"l1_finetune"}
+    control = out.controls["l1_finetune"]
+    widths = [m.out_channels for m in out.model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [m.out_channels for m in control.model.modules()
+                      if isinstance(m, nn.Conv2d)]
+    assert len(tuned) == 2 and tuned[0][1] is tuned[1][1]  # same fine-tune, same batches
+    assert deployment_problems(control.model) == []
+    assert control.extras["channel_ranking"] == "filter_l1"
+
+
+def test_l1_cut_keeps_the_largest_filters_of_each_coupling_group():
+    from methods.channel_selection import l1_magnitude_cut
+
+    model, _ = gated(init=torch.ones)
+    counts = {gates[0].source: max(1, c.numel() // 2) for c, gates in gate_groups(model)}
+    l1_magnitude_cut(model, counts)
+    for coeff, gates in gate_groups(model):
+        l1 = sum(model.get_submodule(g.source).weight.detach().abs().flatten(1).sum(1)
+                 for g in gates)
+        kept = coeff.detach() != 0
+        assert int(kept.sum()) == counts[gates[0].source]
+        assert l1[~kept].max() <= l1[kept].min()
+        assert torch.all(coeff.detach()[kept] == 1)

@@ -78,12 +78,30 @@ def test_choose_rate_uses_the_knee_or_records_the_fallback():
     assert choose_rate(rates, concave, 1.0, 1.0).by == "kneedle"
     line = [50 - 2 * i for i in range(10)]  # straight: no knee -> within 3 points of acc(0)
     choice = choose_rate(rates, line, 1.0, 3.0)
-    assert (choice.rate, choice.by) == (pytest.approx(0.1), "fallback")
+    assert (choice.rate, choice.by) == (pytest.approx(0.1), "tolerance")
     assert "no knee" in choice.reason
     convex = [40, 10, 5, 3, 2, 1.5, 1.2, 1.1, 1.0, 1.0]  # falls at once: no concave knee
     assert not lies_above_chord(rates, convex)
     choice = choose_rate(rates, convex, 1.0, 1.0)
-    assert (choice.rate, choice.by) == (0.0, "fallback") and "not concave" in choice.reason
+    assert choice.by == "target" and "not concave" in choice.reason
+    assert choice.rate == pytest.approx(0.3)  # no rate > 0 within 1 point: fallback_rate
+
+
+@pytest.mark.parametrize("fallback_rate", [0.3, 0.33, 0.05, 0.9])
+def test_choose_rate_never_keeps_rate_zero(fallback_rate):
+    """Whatever the curve, a rate > 0 of the grid: the knee, the tolerance rule, or the grid
+    rate nearest ``fallback_rate``."""
+    rates = [i / 10 for i in range(10)]
+    for curve in ([40, 10, 5, 3, 2, 1.5, 1.2, 1.1, 1.0, 1.0],  # convex
+                  [50, 40, 30, 20, 10, 5, 4, 3, 2, 1],
+                  [10] * 10):  # flat
+        choice = choose_rate(rates, curve, 1.0, 1.0, fallback_rate)
+        assert choice.rate > 0 and choice.rate in rates
+    choice = choose_rate(rates, [40, 10, 5, 3, 2, 1.5, 1.2, 1.1, 1.0, 1.0], 1.0, 1.0,
+                         fallback_rate)
+    nearest = min((r for r in rates if r > 0), key=lambda r: (abs(r - fallback_rate), -r))
+    assert (choice.rate, choice.by) == (nearest, "target")
+    assert f"fallback_rate {fallback_rate:g}" in choice.reason
 
 
 # ---- candidates -----------------------------------------------------------------------------
@@ -165,12 +183,27 @@ def test_run_reads_only_training_images_and_records_and_plots_the_curve(
 
     extras = out.extras
     assert [r for r, _ in extras["curves"]["all"]] == [0.0, 0.3, 0.6]
-    assert extras["chosen_rates"]["all"] in (0.0, 0.3, 0.6)
+    assert extras["chosen_rates"]["all"] in (0.3, 0.6)  # never 0: the row is compressed
     assert isinstance(extras["knee_fallback"], bool)
     assert extras["candidate_scoring"]["held_out_images"] == 64
     plot = tmp_path / "artifacts" / "combine_net_curve.png"
     assert extras["curve_plot"] == str(plot) and plot.read_bytes()[:4] == b"\x89PNG"
     assert deployment_problems(out.model) == []
+
+
+def test_a_convex_curve_still_gives_a_compressed_model(make_context, monkeypatch):
+    """No knee (the curve falls at once) and no rate > 0 within the tolerance: the grid rate
+    nearest ``fallback_rate`` is cut, never rate 0 (an unpruned, KD-retrained teacher)."""
+    teacher = resnet8(1)
+    ctx = make_context(teacher, pair=("resnet8", "resnet8"))
+    monkeypatch.setattr(CandidateScorer, "curve", lambda self, groups, pruned: [40.0, 5.0, 4.0])
+    out = method().run(ctx)
+    assert out.extras["chosen_rates"]["all"] == 0.3
+    assert out.extras["rate_selection"]["all"].startswith("target")
+    assert out.extras["knee_fallback"] is True
+    params = sum(p.numel() for p in out.model.parameters())
+    assert params < sum(p.numel() for p in teacher.parameters())
+    assert out.extras["analytic_macs_ratio"] < 1
 
 
 def test_per_block_mode_sweeps_every_channel_group(make_context):

@@ -119,7 +119,8 @@ def test_config_errors_name_the_allowed_values():
         HybridLowRankQuant.Config(fc_sparsity=1.0)
 
 
-def test_hint_adapters_bridge_widths_and_stay_out_of_the_deployed_model(make_context):
+def test_hint_adapters_bridge_widths_and_stay_out_of_the_deployed_model(make_context,
+                                                                       monkeypatch):
     torch.manual_seed(0)
     teacher = build_model("resnet8x4", num_classes=100).eval()  # widths 64/128/256
     student = build_model("resnet8", num_classes=100)  # widths 16/32/64
@@ -130,9 +131,18 @@ def test_hint_adapters_bridge_widths_and_stay_out_of_the_deployed_model(make_con
     ctx = make_context(teacher, pair=("resnet8x4", "resnet8"), epochs=1, batch_size=32)
     cfg = HybridLowRankQuant.make_config(
         "smoke", {"source": "student", "hint_epochs": 1, "kd_epochs": 1, "train_images": 64})
+    splits = []  # the split of every ctx.evaluate call: None is the test split
+    evaluate = ctx.evaluate
+    monkeypatch.setattr(ctx, "evaluate", lambda model, split=None: splits.append(split) or
+                        evaluate(model, split))
     result = HybridLowRankQuant(cfg).run(ctx)
     deployed = result.model
     assert result.extras["hint_adapters"] == 3
+    # Diagnostics read on the test split (never used for a decision) say so in their keys.
+    assert splits == [None, None]
+    assert {"dense_top1", "factorised_top1_before_recovery"}.isdisjoint(result.extras)
+    for key in ("dense_top1_test", "factorised_top1_before_recovery_test"):
+        assert 0.0 <= result.extras[key] <= 100.0
     # nothing of the adapters is in the deployed model: same keys as a factorised resnet8
     reference = build_model("resnet8", num_classes=100)
     factorise_model(reference, torch.randn(2, 3, 32, 32), rule="macs", energy=0.9,

@@ -3,6 +3,7 @@ the bilevel steps (spec §4.5, invariants 5-7)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -24,6 +25,7 @@ from reid.nas import (
     MixedOp,
     PartAware,
     Supernet,
+    auto_stem_downsample,
     build_derived,
     build_op,
     derive_genotype,
@@ -208,3 +210,73 @@ def test_bilevel_steps_update_only_their_own_parameters(make_context):
             before_epoch=temperature.before_epoch, name="w", epochs=2)
     assert all(torch.equal(a, p) for a, p in zip(alphas, supernet.arch_parameters(), strict=True))
     assert temperature.by_epoch == {0: 4.0, 1: 1.0}  # set before every epoch by the loop
+
+
+# ---- the stem: suited to the suite's input size -----------------------------------------------
+@pytest.mark.parametrize(("height", "downsample"), [(256, 2), (128, 2), (64, 1), (32, 0),
+                                                    (28, 0)])
+def test_auto_stem_keeps_the_reid_stem_and_gives_cifar_inputs_a_stride_1_stem(height,
+                                                                              downsample):
+    """ReID inputs keep their stem (256x128 -> 64x32 with the full default of 2 stride-2
+    convs, 64x32 -> 32x16 with smoke's 1); 32x32 classification inputs reach the cells at
+    32x32 (DARTS's CIFAR stem), never 8x8."""
+    assert auto_stem_downsample(height) == downsample
+    assert KDASReID.make_config("full").stem_downsample is None  # auto by default
+    assert KDASReID.make_config("smoke").stem_downsample is None
+    method = KDASReID(KDASReID.make_config("full"))
+    assert method.stem(height)[0] == downsample
+    assert KDASReID(KDASReID.make_config("full", {"stem_downsample": 1})).stem(height) == \
+        (1, "configured")
+    with pytest.raises(ConfigError, match="stem_downsample"):
+        KDASReID.make_config("full", {"stem_downsample": -1})
+
+
+def _first_cell_inputs(net_cls):
+    """A ``net_cls`` subclass recording the resolution its first cell receives."""
+    seen = []
+
+    class Recording(net_cls):
+        def run_cell(self, cell, s0, s1):
+            if cell is self.cells[0]:
+                seen.append(tuple(s1.shape[-2:]))
+            return super().run_cell(cell, s0, s1)
+
+    return Recording, seen
+
+
+def test_cifar_size_inputs_are_searched_at_full_resolution_and_rebuild(make_context,
+                                                                       monkeypatch):
+    import methods.kdas_reid
+
+    torch.manual_seed(0)
+    ctx = make_context(build_model("resnet8", 100).eval(), epochs=1, batch_size=16)
+    few = ctx.train_split.take(ctx.train_split.labels < 10)  # 10 classes of 5 images
+    ctx = dataclasses.replace(ctx, train_split=few)
+    search_net, searched = _first_cell_inputs(Supernet)
+    derived_net, derived = _first_cell_inputs(DerivedNetwork)
+    monkeypatch.setattr(methods.kdas_reid, "Supernet", search_net)
+    monkeypatch.setattr(methods.kdas_reid, "DerivedNetwork", derived_net)
+    cfg = KDASReID.make_config("smoke", {"search_epochs": 1, "search_batch_size": 16,
+                                         "retrain_epochs": 1, "steps": 1,
+                                         "ops": ("skip_connect", "avg_pool_3x3")})
+    out = KDASReID(cfg).run(ctx)
+    assert searched and set(searched) == {(32, 32)}  # not 8x8 (nor 16x16)
+    assert derived and set(derived) == {(32, 32)}
+    macro = out.extras["architecture"]["macro"]
+    assert macro["stem_downsample"] == 0
+    assert out.extras["stem"] == {"downsample": 0, "rule": "auto from input height 32",
+                                  "cell_input": [32, 32]}
+    rebuilt = build_derived(out.extras["architecture"], ctx.num_classes)
+    rebuilt.load_state_dict(out.model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), out.model.eval()(x))
+
+
+def test_reid_size_inputs_keep_the_stride_2_stem():
+    spec = MacroSpec(4, 2, auto_stem_downsample(64))
+    net, seen = _first_cell_inputs(Supernet)
+    net(spec, 5, SMOKE_OPS)(torch.randn(1, 3, 64, 32))
+    assert seen == [(32, 16)]
+    net, seen = _first_cell_inputs(Supernet)
+    net(MacroSpec(4, 2, auto_stem_downsample(256)), 5, SMOKE_OPS)(torch.randn(1, 3, 256, 128))
+    assert seen == [(64, 32)]

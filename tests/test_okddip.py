@@ -199,7 +199,7 @@ def test_paper_defaults_and_smoke_overrides():
         OKDDip.make_config("full", {"recipe": {"epoch": 3}})
 
 
-def test_a_short_run_needs_no_teacher_and_reports_peers(make_harness, tmp_path):
+def test_a_short_run_needs_no_teacher_and_reports_peers(make_harness, tmp_path, monkeypatch):
     harness = make_harness()
     train, test = harness.splits()
 
@@ -214,15 +214,26 @@ def test_a_short_run_needs_no_teacher_and_reports_peers(make_harness, tmp_path):
     )
     method = OKDDip(OKDDip.make_config("smoke", {"num_branches": 3, "recipe": {"epochs": 1}}))
     torch.manual_seed(0)
+    test_loaders = []
+    test_loader = ctx.test_loader
+    monkeypatch.setattr(ctx, "test_loader", lambda: test_loaders.append(1) or test_loader())
+    monkeypatch.setattr(ctx, "evaluate", lambda *a, **k: pytest.fail("evaluated a split"))
     result = method.run(ctx)
+    monkeypatch.undo()
     plain = build_model(ctx.pair.student, num_classes=ctx.num_classes)
     assert type(result.model) is type(plain)
     assert sum(p.numel() for p in result.model.parameters()) == sum(
         p.numel() for p in plain.parameters())
     extras = result.extras
-    assert len(extras["peer_top1"]) == 2
-    assert extras["leader_top1"] == pytest.approx(ctx.evaluate(result.model)["top1"])
-    assert 0.0 <= extras["peer_ensemble_top1"] <= 100.0 and extras["peer_diversity"] >= 0
+    # The peer scores are diagnostics read once on the test split after training (the
+    # leader is deployed whatever they are): their keys say so.
+    assert test_loaders == [1]
+    assert {"peer_top1", "leader_top1", "peer_ensemble_top1",
+            "peer_diversity"}.isdisjoint(extras)
+    assert len(extras["peer_top1_test"]) == 2
+    assert extras["leader_top1_test"] == pytest.approx(ctx.evaluate(result.model)["top1"])
+    assert 0.0 <= extras["peer_ensemble_top1_test"] <= 100.0
+    assert extras["peer_diversity_test"] >= 0
     assert extras["epochs"][0]["consistency_weight"] == pytest.approx(math.exp(-5))
     assert extras["train_recipe"]["epochs"] == 1
     scores = score_branches(PeerNetwork([split_at_stage(result.model)] * 3, 8), ctx.test_loader())

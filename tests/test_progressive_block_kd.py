@@ -31,10 +31,11 @@ def method(**overrides) -> ProgressiveBlockKD:
     return ProgressiveBlockKD(ProgressiveBlockKD.make_config("smoke", cfg))
 
 
-def students(arch: str, split: str = "stages"):
-    """(teacher block, its input, student block) for every block of a fresh ``arch``."""
+def students(arch: str, split: str = "stages", first: int | None = None):
+    """(teacher block, its input, student block) for every block (or the ``first`` ones)
+    of a fresh ``arch``."""
     net = model(arch)
-    names = block_names(net, split)
+    names = block_names(net, split)[:first]
     inputs = block_inputs(net, names, X)
     return [(net.get_submodule(n), h, thin_block(net.get_submodule(n), h, 0.5).eval())
             for n, h in zip(names, inputs, strict=True)]
@@ -175,6 +176,7 @@ def test_each_step_adds_one_student_block_and_cuts_macs(make_context, monkeypatc
     assert all(isinstance(stage, StudentBlock) for stage in out.model.stages())
     assert deployment_problems(out.model) == []
     assert "student derived from resnet14" in out.notes[0]
+    assert out.extras["block_outputs"] == ["relu"] * 3  # post-activation teacher blocks
     assert torch.equal(out.model.fc.weight, teacher.fc.weight)  # the head stays the teacher's
 
 
@@ -221,3 +223,29 @@ def test_plain_vgg_layers_are_not_residual_units():
     reason = method(split="units").supports(Pair("vgg16_5pool", "vgg8"))
     assert reason is not None and "use split='stages'" in reason
     assert method().supports(Pair("vgg16_5pool", "vgg8")) is None
+
+
+# ---- the student block ends like its teacher block ------------------------------------------
+def _min_output(block: nn.Module, h: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(block.eval()(h).min())
+
+
+@pytest.mark.parametrize(("arch", "first"), [("wrn_16_2", None), ("mobilenetv2", 2)])
+def test_pre_activation_blocks_get_linear_student_ends(arch, first):
+    """WRN stages (pre-activation residual sums) and MobileNetV2 groups (linear bottlenecks)
+    emit negative values: the student block must be able to match them (no final ReLU)."""
+    for teacher_block, h, student in students(arch, first=first):
+        assert _min_output(teacher_block, h) < 0
+        assert not isinstance(student.recover[-1], nn.ReLU)
+        assert _min_output(student, h) < 0
+        assert student(h).shape == teacher_block(h).shape
+
+
+@pytest.mark.parametrize("arch", ["resnet14", "vgg16_5pool"])
+def test_post_activation_blocks_keep_relu_student_ends(arch):
+    for teacher_block, h, student in students(arch):
+        assert _min_output(teacher_block, h) >= 0
+        assert [type(m) for m in student.recover] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+        assert _min_output(student, h) >= 0
+

@@ -30,8 +30,9 @@ from methods.common.pruning import (
 from methods.robust_prune_kd import RobustPruneKD, zero_weakest_channels
 
 X = torch.randn(2, 3, 32, 32)
+# teacher "standard": these tests hand in their own (random) teacher, not a trained one
 TINY = {"controls": (), "attack_steps": 1, "prox_epochs": 1, "finetune_epochs": 1,
-        "train_images": 128}
+        "train_images": 128, "teacher": "standard"}
 
 
 def resnet8(seed: int = 0) -> nn.Module:
@@ -138,7 +139,7 @@ def test_attack_targets_the_student_and_the_teacher_is_never_updated(make_contex
         calls["teacher_grad_inputs"] += int(inputs[0].requires_grad)
 
     teacher.register_forward_hook(on_teacher)
-    m = method(attack_steps=2)
+    m = method(attack_steps=2, collapse_check_images=0)  # count the training calls only
     student_from = m.student_from
 
     def spied_student(t):
@@ -251,3 +252,143 @@ def test_admm_baseline_of_the_memory_benchmark_keeps_two_weight_copies():
     assert admm.penalty() > 0  # Z is the projection, W is not
     admm.update()
     assert torch.equal(admm.u[0], layers[0].weight.detach() - admm.z[0])
+
+
+# ---- the teacher: adversarially trained by default, the standard one as a control ------
+def test_the_default_teacher_is_adversarially_trained():
+    assert RobustPruneKD.Config().teacher == "adversarial"
+    smoke = RobustPruneKD.make_config("smoke")
+    assert smoke.teacher == "adversarial"
+    assert "standard_teacher" in RobustPruneKD.Config().controls
+    m = RobustPruneKD(smoke)
+    assert (m.teacher_attack.steps, m.teacher_attack.step_size) == (1, 10 / 255)  # FGSM-RS
+    full = RobustPruneKD(RobustPruneKD.Config()).teacher_attack
+    assert (full.steps, full.step_size, full.eps) == (10, 2 / 255, 8 / 255)  # Ye et al.'s PGD-10
+
+
+def test_default_run_distils_from_the_adversarial_teacher_the_control_from_the_standard(
+        make_context, monkeypatch):
+    import methods.robust_prune_kd as rpk
+    from benchmarks.teachers import TeacherInfo
+
+    standard = resnet8(1)
+    robust = FrozenTeacher(resnet8(2))
+    ctx = make_context(standard, pair=("resnet8", "resnet8"))
+    asked = []
+
+    def fake_adversarial_teacher(context, attack):
+        asked.append(attack)
+        return robust, TeacherInfo("resnet8", "adv.pt", "f" * 64, 1.0, 5.0, "cache")
+
+    monkeypatch.setattr(rpk, "adversarial_teacher", fake_adversarial_teacher)
+    m = method(teacher="adversarial", controls=("standard_teacher",), train_images=64)
+    used = []
+    prox_prune = m.prox_prune
+
+    def spy(ctx, teacher, alpha, name, about=None):
+        used.append((name, teacher))
+        return prox_prune(ctx, teacher, alpha, name, about)
+
+    monkeypatch.setattr(m, "prox_prune", spy)
+    out = m.run(ctx)
+    assert [a.steps for a in asked] == [1]
+    (main_name, main_teacher), (control_name, control_teacher) = used
+    assert (main_name, control_name) == ("main", "standard_teacher")
+    assert main_teacher is robust
+    assert all(torch.equal(a, b) for a, b in zip(control_teacher.state_dict().values(),
+                                                 standard.state_dict().values(), strict=True))
+    assert out.extras["teacher_adversarially_trained"] is True
+    assert out.extras["kd_teacher"]["sha256"] == "f" * 64
+    control = out.controls["standard_teacher"]
+    assert control.extras["teacher_adversarially_trained"] is False
+
+
+def test_adversarial_teacher_is_trained_with_pgd_once_then_cached_under_its_own_key(
+        make_context, monkeypatch):
+    import methods.common.adversarial as adv
+    from benchmarks.attacks import PGDConfig
+    from benchmarks.teachers import teacher_key
+
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    tiny = ctx.budget.teacher_recipe.replace(epochs=1, batch_size=100)
+    ctx = dataclasses.replace(ctx, budget=dataclasses.replace(ctx.budget, teacher_train=tiny))
+    attack = PGDConfig(steps=1, step_size=10 / 255)
+    attacked = []
+    real_pgd = adv.pgd
+
+    def spy(model, x01, y, config, **kwargs):
+        attacked.append(config)
+        return real_pgd(model, x01, y, config, **kwargs)
+
+    monkeypatch.setattr(adv, "pgd", spy)
+    rng = torch.get_rng_state()
+    teacher, info = adv.adversarial_teacher(ctx, attack)
+    assert torch.equal(torch.get_rng_state(), rng)  # the method's random stream is untouched
+    assert info.source == "trained" and attacked == [attack] * 5  # 500 images, batches of 100
+    assert not any(p.requires_grad for p in teacher.parameters())
+    again, info2 = adv.adversarial_teacher(ctx, attack)
+    assert info2.source == "cache" and info2.sha256 == info.sha256 and len(attacked) == 5
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 teacher.state_dict().values(), strict=True))
+    standard = teacher_key("resnet8", ctx.num_classes, ctx.data.fingerprint,
+                           ctx.budget.train_subset, tiny, ctx.seed)
+    key = adv.adversarial_teacher_key(ctx, attack)
+    assert key != standard and key[:16] in info.path
+    assert adv.adversarial_teacher_key(ctx, PGDConfig(steps=2, step_size=5 / 255)) != key
+
+
+def test_the_cache_dir_is_the_harness_one():
+    from pathlib import Path
+
+    from methods.common.adversarial import harness_cache_dir
+
+    class Ctx:
+        workdir = Path("/somewhere/cache/work/0123456789abcdef")
+
+    assert harness_cache_dir(Ctx()) == Path("/somewhere/cache")
+    Ctx.workdir = Path("/tmp/test-x/work")  # not a harness run: the run's own directory
+    assert harness_cache_dir(Ctx()) == Path("/tmp/test-x/work")
+
+
+# ---- sparsity strength vs schedule, and collapse --------------------------------------
+def test_a_longer_schedule_with_the_same_lambda_stops_at_the_target(make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"), batch_size=16)
+    m = method(prox_epochs=10, train_images=32)  # 20 steps: the smoke λ would zero it all
+    student = m.student_from(ctx.teacher())
+    groups = m.groups(student, ctx.example_input())
+    channels = sum(g.channels for g in groups)
+    target = 1 - math.ceil(channels / math.sqrt(m.cfg.compression)) / channels  # the hard cut's
+    out = m.prox_prune(ctx, ctx.teacher(), m.cfg.alpha, "main")
+    assert out.extras["prox_sparsity"] <= target + 1e-9, "the prox overshot the compression"
+    assert out.extras["prox_sparsity"] >= target - 0.05
+    assert deployment_problems(out.model) == []
+
+
+def test_a_huge_lambda_raises_a_collapse_error_naming_the_layer(make_context):
+    from methods.robust_prune_kd import PruningCollapseError
+
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    with pytest.raises(PruningCollapseError,
+                       match=r"zeroes every channel of layer '[\w.]+'.*lam=") as caught:
+        method(lam=1e6, train_images=64).run(ctx)
+    assert "λ = 1e+06" in str(caught.value) and "prox_epochs" in str(caught.value)
+    with pytest.raises(PruningCollapseError, match=r"every weight of layer '[\w.]+'"):
+        method(lam=1e6, train_images=64, sparsity="unstructured").run(ctx)
+
+
+def test_a_result_at_chance_is_an_error_not_a_row(make_context, monkeypatch):
+    from methods.robust_prune_kd import PruningCollapseError
+
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    teacher = ctx.teacher()
+    m = method(train_images=64)
+    student = m.student_from(teacher)
+    scores = iter([{"top1": 40.0}, {"top1": 1.0}])  # the unpruned network, then the result
+    monkeypatch.setattr(ctx, "evaluate", lambda model, split=None: next(scores))
+    with pytest.raises(PruningCollapseError, match=r"at chance \(1.0% top-1.*narrowest layer "
+                                                    r"is '[\w.]+' \(\d+ of \d+ channels"):
+        m.check_not_at_chance(ctx, student, teacher, "main", 15.0, 0.9, 0.29)
+    scores = iter([{"top1": 40.0}, {"top1": 20.0}])
+    m.check_not_at_chance(ctx, student, teacher, "main", 15.0, 0.29, 0.29)  # fine: no error
+    scores = iter([{"top1": 1.5}, {"top1": 1.0}])  # an untrained network: nothing to lose
+    m.check_not_at_chance(ctx, student, teacher, "main", 15.0, 0.29, 0.29)

@@ -26,6 +26,15 @@ def test_key_changes_with_everything_that_changes_the_teacher():
         assert key(**change) != base, change
 
 
+def test_an_adversarially_trained_teacher_has_its_own_key():
+    base = key()
+    pgd10 = {"attack": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": True}}
+    pgd1 = {"attack": {**pgd10["attack"], "steps": 1}}
+    assert key(adversarial=None) == base  # the standard teacher's key is unchanged
+    assert key(adversarial=pgd10) != base and key(adversarial=pgd10) == key(adversarial=pgd10)
+    assert key(adversarial=pgd1) != key(adversarial=pgd10)
+
+
 def _cache_calls(tmp_path, user=None):
     calls = {"train": 0}
 

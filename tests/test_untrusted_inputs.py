@@ -177,3 +177,34 @@ def test_allowed_globals_are_only_numpy_array_rebuilding():
         "numpy.ndarray",
         "numpy.dtype",
     }
+
+
+def test_markdown_reports_escape_html_from_record_fields(tmp_path):
+    """leaderboard.md shows a record's HTML as text, as the HTML page does."""
+    from test_results import make_record
+
+    from benchmarks.report import markdown
+    from benchmarks.results import leaderboard, load_records, write_record
+
+    record = make_record("kd", 0, 70.0)
+    record.method_label = '<img src=x onerror="alert(1)"> | after <b>X</b>'
+    write_record(record, tmp_path)
+    text = markdown(leaderboard(load_records(tmp_path)), "cifar100", "smoke")
+    assert "<img" not in text and "<b>" not in text
+    assert "&lt;img src=x onerror=\"alert(1)\"> \\| after &lt;b>X&lt;/b>" in text
+
+
+@pytest.mark.parametrize("text", [",", "-1,", "0,-2", "-1"])
+def test_seed_lists_without_seeds_or_with_negative_seeds_are_refused(text):
+    from benchmarks.cli import parse_seeds
+    from benchmarks.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds(text)
+
+
+def test_methods_flag_naming_no_method_is_refused_not_everything(capsys):
+    from benchmarks.cli import main
+
+    assert main(["run", "--suite", "digits", "--methods", ","]) == 2
+    assert "--methods names no method" in capsys.readouterr().err

@@ -7,16 +7,20 @@ if any, only ever reads the finished examples: it is never attacked and never up
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.attacks import PGDConfig, PixelSpace, pgd, to_pixels
+from benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
 from benchmarks.data import Batch
-from benchmarks.train import LossFn
+from benchmarks.method import FrozenTeacher, RunContext, make_loader
+from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
+from benchmarks.train import LossFn, evaluate, fit
 from methods.common.losses import kd_kl
 
 
@@ -52,3 +56,65 @@ def adversarial_kd_loss(teacher: nn.Module | None, alpha: float, temperature: fl
         return (1 - alpha) * ce + alpha * kd_kl(out.logits, t_logits, temperature)
 
     return loss
+
+
+# ---- an adversarially trained teacher, cached like the harness's teachers ---------------
+ADVERSARIAL_TRAINING = "pgd_at"  # Madry et al. 2018: CE on PGD examples crafted against the model
+
+
+def adversarial_teacher_key(ctx: RunContext, attack: PGDConfig) -> str:
+    """The cache key: the standard teacher's (architecture, data, subset, the budget's
+    teacher recipe, seed) plus the adversarial training settings, so the two never collide."""
+    return teacher_key(ctx.pair.teacher, ctx.num_classes, ctx.data.fingerprint,
+                       ctx.budget.train_subset, ctx.budget.teacher_recipe, ctx.seed,
+                       adversarial={"training": ADVERSARIAL_TRAINING,
+                                    "attack": dataclasses.asdict(attack)})
+
+
+def harness_cache_dir(ctx: RunContext) -> Path:
+    """The harness's cache directory, where its teacher cache lives.
+
+    The harness gives each run ``<cache dir>/work/<run hash>`` as ``workdir``; a context
+    built otherwise (a unit test) keeps the teacher in its own workdir instead.
+    """
+    work = Path(ctx.workdir)
+    return work.parent.parent if work.parent.name == "work" else work
+
+
+def adversarial_teacher(ctx: RunContext, attack: PGDConfig) -> tuple[FrozenTeacher, TeacherInfo]:
+    """The pair's teacher architecture adversarially trained (PGD-AT, CE on x' = PGD(x)
+    against the model) with the budget's teacher recipe on the run's training split, then
+    frozen; trained once and cached (``<cache dir>/teachers``) under its own key.
+
+    Training or loading leaves the global RNG as it found it, so what the method does
+    next is the same whether the teacher came from the cache or not.
+    """
+    arch, recipe = ctx.pair.teacher, ctx.budget.teacher_recipe
+    cache = TeacherCache(harness_cache_dir(ctx))  # no user checkpoint: those are standard
+
+    def build() -> nn.Module:
+        torch.manual_seed(ctx.seed)  # seeded initialisation, as the harness's teachers
+        return ctx.build_model(arch)
+
+    def train(model: nn.Module) -> None:
+        ctx.log.info("adversarially training teacher %s (seed %d, PGD-%d, eps %.4g); it is "
+                     "cached for later runs", arch, ctx.seed, attack.steps, attack.eps)
+        loader = make_loader(ctx.data, ctx.train_split, train=True, batch_size=recipe.batch_size,
+                             device=ctx.device, seed=ctx.seed, channels_last=recipe.channels_last)
+        forward = AdversarialForward(ctx.data.mean, ctx.data.std, attack,
+                                     seeded_generator(ctx.seed, ctx.device))
+        fit(model, adversarial_kd_loss(None, 0.0, 1.0), loader, recipe, device=ctx.device,
+            forward=forward, desc=f"adversarial teacher {arch} seed{ctx.seed}",
+            progress=ctx.progress)
+
+    def score(model: nn.Module) -> dict[str, float]:
+        loader = make_loader(ctx.data, ctx.test_split, train=False, seed=ctx.seed,
+                             batch_size=recipe.eval_batch_size, device=ctx.device,
+                             channels_last=recipe.channels_last)
+        return evaluate(model, loader, ctx.device)
+
+    devices = ([ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]
+               if ctx.device.type == "cuda" else [])
+    with torch.random.fork_rng(devices=devices):
+        model, info = cache.get(arch, adversarial_teacher_key(ctx, attack), build, train, score)
+    return FrozenTeacher(model).to(ctx.device), info

@@ -19,11 +19,17 @@ from methods.common.pruning import prune_inside
 from methods.common.reinit import he_init_
 
 SPLITS = ("stages", "units")
+OUTPUTS = ("relu", "linear")
 
 
 class StudentBlock(nn.Sequential):
-    """A thinned copy of a teacher block (``body``) plus a 1x1 conv-BN-ReLU (``recover``)
-    that mixes its channels back to the teacher block's output width."""
+    """A thinned copy of a teacher block (``body``) plus a 1x1 conv-BN(-ReLU) (``recover``)
+    that mixes its channels back to the teacher block's output width; the ReLU only when
+    the teacher block's output is one (``output``: "relu" | "linear")."""
+
+    @property
+    def output(self) -> str:
+        return "relu" if isinstance(self.recover[-1], nn.ReLU) else "linear"
 
     def __init__(self, body: nn.Module, recover: nn.Module):
         super().__init__(OrderedDict(body=body, recover=recover))
@@ -67,19 +73,36 @@ def block_inputs(model: nn.Module, names: list[str],
     return [s.input for s in seen]
 
 
+def output_kind(output: torch.Tensor) -> str:
+    """``"linear"`` when a block's output has a negative value, else ``"relu"``.
+
+    Post-activation blocks (ResNet units and stages, VGG blocks) end in a ReLU and are never
+    negative; pre-activation ones (WRN stages: the residual sum before the next block's
+    BN-ReLU) and MobileNetV2's linear bottlenecks are negative almost everywhere a ReLU
+    would clip, so one example input tells them apart.
+    """
+    return "linear" if bool((output < 0).any()) else "relu"
+
+
 def thin_block(block: nn.Module, example_input: torch.Tensor,
-               width_ratio: float) -> StudentBlock:
+               width_ratio: float, output: str | None = None) -> StudentBlock:
     """A randomly initialised student for ``block``: same layers, kernels, strides and
     padding (so the same receptive field), ``width_ratio`` of the filters of every conv
     (channels tied to the block's input by an identity shortcut keep their width), then
-    a 1x1 conv-BN-ReLU back to the block's output channels.
+    a 1x1 conv-BN back to the block's output channels, followed by a ReLU iff the teacher
+    block's output is ReLU-terminated (``output``; None: ``output_kind`` of the teacher
+    block's output on ``example_input``), so a student can match negative targets.
     """
     if not 0.0 < width_ratio <= 1.0:
         raise ValueError(f"width_ratio must be in (0, 1]; got {width_ratio}")
+    if output is not None and output not in OUTPUTS:
+        raise ValueError(f"output must be None or one of {', '.join(OUTPUTS)}; got {output!r}")
     body = copy.deepcopy(block).requires_grad_(True)
     with evaluating(block, body):  # no BN statistics may move here
         with torch.no_grad():
-            out_channels = block(example_input).shape[1]
+            target = block(example_input)
+        out_channels = target.shape[1]
+        output = output or output_kind(target)
         prune_inside(body, example_input, 1.0 - width_ratio)
         with torch.no_grad():
             mid = body(example_input).shape[1]
@@ -87,7 +110,7 @@ def thin_block(block: nn.Module, example_input: torch.Tensor,
     recover = nn.Sequential(
         nn.Conv2d(mid, out_channels, kernel_size=1, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
+        *([nn.ReLU()] if output == "relu" else []),
     )
     he_init_(recover)
     return StudentBlock(body, recover).to(example_input.device)

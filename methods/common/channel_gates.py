@@ -93,6 +93,27 @@ def gate_groups(model: nn.Module) -> list[tuple[nn.Parameter, list[GatedBatchNor
     return list(groups.values())
 
 
+@torch.no_grad()
+def channel_scores(model: nn.Module, coefficients: list[nn.Parameter],
+                   initial: list[torch.Tensor]) -> list[torch.Tensor]:
+    """How much each gated channel matters after training, one tensor per coefficient vector.
+
+    ``|m·γ̄| / |m₀|``: the channel's scale once the gate is folded into its BN (m times the
+    mean |γ| over the BNs that share the coefficient, network slimming's criterion on the
+    exported network), divided by the coefficient's random initial draw m₀. Without the
+    division, a few training steps leave the ranking mostly to the ±10 % of the draw; with
+    it, an untrained coefficient contributes 1 and only what training did to m and γ
+    counts. A cut coefficient (m = 0) scores 0.
+    """
+    gammas = {}
+    for coeff, gates in gate_groups(model):
+        scales = [g.bn.weight.detach().abs() if g.bn.weight is not None
+                  else torch.ones_like(coeff.detach()) for g in gates]
+        gammas[id(coeff)] = torch.stack(scales).mean(0)
+    return [coeff.detach().abs() * gammas[id(coeff)] / m0.abs()
+            for coeff, m0 in zip(coefficients, initial, strict=True)]
+
+
 def export_gated(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     """Fold the gates into their BNs and remove channels whose coefficient is 0, in place.
 

@@ -36,6 +36,18 @@ def group_soft_threshold(rows: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def capped_threshold(magnitudes: torch.Tensor, threshold: float, max_zeros: int) -> float:
+    """``threshold``, lowered where needed so that soft-thresholding ``magnitudes`` (entry
+    norms or |w|; an entry becomes zero iff it is <= the threshold) zeroes at most
+    ``max_zeros`` of them: just below the (max_zeros + 1)-th smallest magnitude."""
+    flat = magnitudes.flatten()
+    if max_zeros >= flat.numel():
+        return threshold
+    limit = float(flat.kthvalue(max(0, max_zeros) + 1).values)
+    return min(threshold, limit * (1 - 1e-6))
+
+
+@torch.no_grad()
 def prox_l1_(tensors: Iterable[torch.Tensor], threshold: float) -> None:
     """Soft-threshold every element of ``tensors`` in place."""
     for t in tensors:

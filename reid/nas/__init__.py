@@ -7,6 +7,7 @@ from reid.nas.networks import (
     MacroSpec,
     MixedOp,
     Supernet,
+    auto_stem_downsample,
     build_derived,
 )
 from reid.nas.ops import OPS, PARTS, SEARCH_SPACE, PartAware, build_op, check_ops
@@ -21,6 +22,7 @@ __all__ = [
     "MixedOp",
     "PartAware",
     "Supernet",
+    "auto_stem_downsample",
     "build_derived",
     "build_op",
     "check_ops",

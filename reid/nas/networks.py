@@ -44,6 +44,25 @@ class MacroSpec:
         return {self.layers // 3, 2 * self.layers // 3}
 
 
+# The stem brings inputs down to at most CELL_HEIGHT rows with at most MAX_STEM_DOWNSAMPLE
+# stride-2 convs: DARTS on CIFAR feeds its cells the full 32x32 (a stride-1 stem); the ReID
+# stem (two stride-2 convs) takes Market-1501's 256x128 to 64x32 (and 64x32 smoke inputs,
+# with one, to 32x16).
+CELL_HEIGHT = 32
+MAX_STEM_DOWNSAMPLE = 2
+
+
+def auto_stem_downsample(height: int) -> int:
+    """Stride-2 stem convs for inputs ``height`` rows high: halve while the cells would see
+    more than ``CELL_HEIGHT`` rows, at most ``MAX_STEM_DOWNSAMPLE`` times (256 and 128 -> 2,
+    64 -> 1, 32 and below -> 0, i.e. one stride-1 conv)."""
+    downsample = 0
+    while downsample < MAX_STEM_DOWNSAMPLE and height > CELL_HEIGHT:
+        height = -(-height // 2)
+        downsample += 1
+    return downsample
+
+
 def make_stem(channels: int, downsample: int) -> nn.Sequential:
     """``downsample`` stride-2 3x3 conv-BN layers (ReLU between), or one stride-1 conv-BN."""
     layers: list[nn.Module] = []
