@@ -125,6 +125,9 @@ class RunContext:
     # Where a method may keep files next to the results (plots, curves); unlike ``workdir``
     # it survives the run. None when no harness gave one (then a method skips such files).
     artifacts_dir: Path | None = None
+    # The harness's cache directory (teachers live in its ``teachers/``), for a method that
+    # caches a teacher of its own kind (e.g. an adversarially trained one). None: no harness.
+    cache_dir: Path | None = None
 
     @property
     def num_classes(self) -> int:

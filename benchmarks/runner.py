@@ -287,7 +287,7 @@ class Harness:
             suite=self.suite, budget=self.budget, pair=pair, seed=seed, device=self.device,
             data=self.data, workdir=workdir, log=log, teacher_provider=lambda: teacher,
             train_split=train_split, test_split=test_split, progress=self.progress,
-            artifacts_dir=self._artifacts_dir(method.name, pair, seed),
+            artifacts_dir=self._artifacts_dir(method.name, pair, seed), cache_dir=self.cache_dir,
         )
         seed_everything(seed)
         t0 = time.perf_counter()

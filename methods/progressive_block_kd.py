@@ -32,6 +32,7 @@ from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS, build_model
 from methods.common import kd_kl
 from methods.common.blocks import SPLITS, StudentBlock, block_inputs, block_names, thin_block
+from methods.common.bn import recalibrate_bn
 from methods.common.features import capture
 
 TEACHER_PREFIXES = ("converted", "original")
@@ -119,6 +120,7 @@ class ProgressiveBlockKD(Method):
         finetune_ce_weight: float = 0.1  # fine-tune loss: CE + KD from the original teacher
         finetune_kd_weight: float = 0.9
         train_images: int | None = None  # None: the budget's whole training split
+        recalibrate_batches: int = 100  # training batches that re-estimate a block's BN stats
 
         def __post_init__(self) -> None:
             _choice(self.split, SPLITS, "split")
@@ -131,9 +133,11 @@ class ProgressiveBlockKD(Method):
                 raise ConfigError("progressive_block_kd: block_epochs must be >= 1 and "
                                   "finetune_epochs >= 0")
 
-    # One short epoch per block and no fine-tune: exercises every step in seconds.
+    # One short epoch per block and no fine-tune: every step in seconds. 512 images (8 steps
+    # a block) left the real Fashion-MNIST smoke row at 31 % (teacher 80 %); 2,048 give 57 %.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"block_epochs": 1, "block_lr": 0.05, "finetune_epochs": 0, "train_images": 512}}
+        "smoke": {"block_epochs": 1, "block_lr": 0.05, "finetune_epochs": 0,
+                  "train_images": 2048}}
 
     def supports(self, pair: Pair) -> str | None:
         try:
@@ -192,7 +196,13 @@ class ProgressiveBlockKD(Method):
         ctx.fit(TrainOnly(net, [student]), loss, params=student.parameters(), forward=forward,
                 loader=loader, name=f"block{step}", epochs=cfg.block_epochs, lr=cfg.block_lr,
                 schedule="cosine", warmup_epochs=0)
-        student.requires_grad_(False).eval()
+        # The BN running averages (momentum 0.1) lag the final weights, and after a short
+        # schedule they are far from them: every later block and the deployed network read
+        # this block in eval mode, so re-estimate its statistics on training batches.
+        student.requires_grad_(False)
+        recalibrate_bn(TrainOnly(net, [student]), loader, cfg.recalibrate_batches,
+                       layers=student)
+        student.eval()
         return student
 
     def step_teacher(self, teacher: FrozenTeacher, net: nn.Module) -> FrozenTeacher | None:

@@ -249,3 +249,28 @@ def test_post_activation_blocks_keep_relu_student_ends(arch):
         assert [type(m) for m in student.recover] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
         assert _min_output(student, h) >= 0
 
+
+
+def test_a_trained_block_reads_bn_statistics_of_its_final_weights(make_context):
+    """After a short schedule the momentum-0.1 running averages lag the trained weights; the
+    block is read in eval mode from then on, so its statistics are re-estimated afresh: a
+    cumulative average over training batches through the final weights."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    teacher = model("resnet14")
+    ctx = make_context(teacher)
+    pbkd = method(block_epochs=3, recalibrate_batches=4)
+    net = copy.deepcopy(ctx.teacher().model)
+    names = block_names(net, "stages")
+    inputs = block_inputs(net, names, X[:1])
+    loader = ctx.train_loader(images=128)  # 2 batches an epoch: 6 training steps
+    before = {n: m.num_batches_tracked.item() for n, m in net.named_modules()
+              if isinstance(m, _BatchNorm)}
+    student = pbkd.distil_block(ctx, ctx.teacher(), net, names[0], inputs[0], loader, 0)
+    assert not student.training and not any(p.requires_grad for p in student.parameters())
+    bns = [m for m in student.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(bn.num_batches_tracked.item() == len(loader) == 2 for bn in bns)
+    assert all(bn.momentum == 0.1 for bn in bns)  # the training momentum is given back
+    after = {n: m.num_batches_tracked.item() for n, m in net.named_modules()
+             if isinstance(m, _BatchNorm) and not n.startswith(names[0])}
+    assert after and all(before[n] == v for n, v in after.items())  # the rest untouched

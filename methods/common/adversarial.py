@@ -72,13 +72,9 @@ def adversarial_teacher_key(ctx: RunContext, attack: PGDConfig) -> str:
 
 
 def harness_cache_dir(ctx: RunContext) -> Path:
-    """The harness's cache directory, where its teacher cache lives.
-
-    The harness gives each run ``<cache dir>/work/<run hash>`` as ``workdir``; a context
-    built otherwise (a unit test) keeps the teacher in its own workdir instead.
-    """
-    work = Path(ctx.workdir)
-    return work.parent.parent if work.parent.name == "work" else work
+    """The harness's cache directory, where its teacher cache lives; a context built
+    without a harness (a unit test) keeps the teacher in its own workdir instead."""
+    return Path(ctx.cache_dir) if ctx.cache_dir is not None else Path(ctx.workdir)
 
 
 def adversarial_teacher(ctx: RunContext, attack: PGDConfig) -> tuple[FrozenTeacher, TeacherInfo]:

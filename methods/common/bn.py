@@ -17,13 +17,16 @@ from benchmarks.data import Batch
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], max_batches: int = 100) -> int:
+def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], max_batches: int = 100,
+                   layers: nn.Module | None = None) -> int:
     """Reset every BN layer's running stats and re-estimate them as a cumulative average.
 
+    ``layers`` limits this to the BN layers inside it (e.g. one new block of a network whose
+    other BN layers must keep their statistics); the batches still run through ``model``.
     Weights are untouched; the model's train/eval flags are given back. Returns the
     number of batches used.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    bns = [m for m in (layers or model).modules() if isinstance(m, _BatchNorm)]
     saved = [(m, m.training) for m in model.modules()]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
