@@ -8,6 +8,7 @@ The environment is created on first use and re-installed only when pyproject.tom
     nox -s bench-cifar100 -- --methods kd,scratch --budget full --seeds 5 --device cuda
     nox -s tests                          # the test suite
     nox -s lint | perf | bench-digits
+    nox -s bench-fashion-mnist            # every method on real Fashion-MNIST images
     nox -s bench-detection                # CenterNet detection KD (mmdet), synthetic COCO
     nox -s bench-reid                     # Market-1501 ReID: baselines + KDAS-ReID
     nox -s regress                        # smoke suites vs results/baselines (CI gate)
@@ -80,13 +81,17 @@ def bench_cifar100(session: nox.Session) -> None:
 
 @nox.session
 def regress(session: nox.Session) -> None:
-    """Re-run the smoke suites (CPU, generated CIFAR-100 + real digits) and compare them with
-    ``results/baselines/*.csv``; fails on a regression. ``-- --update`` rewrites the baselines
+    """Re-run the smoke suites (CPU, generated CIFAR-100, real digits and Fashion-MNIST) with
+    the CPU kernels pinned to AVX2 and compare them with ``results/baselines/*.csv``; fails on
+    a regression. ``-- --update`` rewrites the baselines
     (3 seeds) and prints what changed. The leaderboards and report go to results/regress/.
     """
     kdbench(session, "regress", "--markdown", "results/regress/report.md", *session.posargs)
-    for suite in ("cifar100", "digits"):
+    for suite in ("cifar100", "digits", "fashion-mnist"):
         kdbench(session, "report", "--suite", suite, "--results-dir", "results/regress")
+    # A report, not a gate: smoke has too few steps (and seeds) for stable verdicts.
+    kdbench(session, "claims", "--suite", "fashion-mnist", "--budget", "smoke",
+            "--results-dir", "results/regress")
 
 
 @nox.session
@@ -96,6 +101,16 @@ def report(session: nox.Session) -> None:
     Arguments after ``--`` go to ``kdbench report`` (--suite, --budget, --results-dir, --out).
     """
     kdbench(session, "report", *session.posargs)
+
+
+@nox.session(name="bench-fashion-mnist")
+def bench_fashion_mnist(session: nox.Session) -> None:
+    """Every registered method on real Fashion-MNIST (smoke budget), then the leaderboard.
+
+    Needs the four IDX files (``apt-get install dataset-fashion-mnist``, or under
+    ``--data-root``); arguments after ``--`` go to ``kdbench run`` (--budget short ...).
+    """
+    kdbench(session, "run", "--suite", "fashion-mnist", *session.posargs)
 
 
 @nox.session(name="bench-digits")

@@ -223,3 +223,26 @@ def test_a_gate_run_re_runs_itself_with_the_kernels_pinned(tmp_path, monkeypatch
     (cmd, env), = calls
     assert cmd[-len(argv):] == argv and cmd[1:3] == ["-m", "benchmarks.cli"]
     assert isa.is_pinned(env) and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+
+
+def test_the_gate_keeps_teachers_of_its_own_isa_apart(tmp_path, monkeypatch):
+    """A teacher cached by a user's unpinned run was trained with other kernels."""
+    import torch
+
+    import benchmarks.runner
+    from benchmarks.regress import run_smoke
+
+    seen = {}
+
+    class Recording:
+        def __init__(self, suite, budget, **kwargs):
+            seen.update(kwargs)
+
+        def run(self, methods, seeds, force):
+            seen["ran"] = (methods, seeds, force)
+
+    monkeypatch.setattr(benchmarks.runner, "Harness", Recording)
+    run_smoke("digits", [0], tmp_path / "results", tmp_path / "cache", ["kd"])
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert seen["cache_dir"] == tmp_path / "cache" / f"regress-{isa}"
+    assert seen["ran"] == (["kd"], [0], True)
