@@ -9,9 +9,6 @@ file runs. This holds for files under ``root`` and for the synthetic cache alike
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.data import safe_pickle
+from benchmarks.data.cache import default_cache_dir, write_folder_atomically
 from benchmarks.data.fixtures import (
     CIFAR_FOLDER,
     GENERATOR_VERSION,
@@ -220,10 +218,6 @@ def download_release(root: Path) -> str | None:
     return None
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "kdbench"
-
-
 def synthetic_folder(cache_dir: str | Path | None) -> Path:
     """The cached synthetic stand-in, written (atomically) on first use."""
     base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -244,27 +238,12 @@ def synthetic_folder(cache_dir: str | Path | None) -> Path:
 
 
 def _write_synthetic(target: Path) -> None:
-    """Generate the stand-in in a staging folder and rename it into place."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
-    except OSError as e:
-        raise DatasetError(
-            f"cannot create the synthetic CIFAR-100 cache under {target.parent}: {e}; "
-            "pass a writable cache_dir"
-        ) from e
-    try:
-        write_cifar100(
-            staging,
-            n_train_per_class=SYNTHETIC_TRAIN_PER_CLASS,
-            n_test_per_class=SYNTHETIC_TEST_PER_CLASS,
-            seed=SYNTHETIC_SEED,
-        )
-        os.rename(staging, target)
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if find_folder(target) is None:  # not just another process that finished first
-            raise DatasetError(f"cannot write the synthetic CIFAR-100 to {target}: {e}") from e
+    """Generate the stand-in in a staging folder and rename it into place (atomic)."""
+    write_folder_atomically(
+        target, lambda staging: write_cifar100(
+            staging, n_train_per_class=SYNTHETIC_TRAIN_PER_CLASS,
+            n_test_per_class=SYNTHETIC_TEST_PER_CLASS, seed=SYNTHETIC_SEED),
+        "synthetic CIFAR-100", lambda folder: find_folder(folder) is not None)
 
 
 def _where_looked(root: str | Path, download_error: str | None) -> str:

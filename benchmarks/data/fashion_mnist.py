@@ -23,9 +23,6 @@ file ``KDBENCH_SYNTHETIC`` next to them, and a folder holding it loads as
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
+from benchmarks.data.cache import default_cache_dir, write_folder_atomically
 from benchmarks.data.idx import read_idx, write_idx
 from benchmarks.data.types import ImageDataset, ImageSplit
 from benchmarks.errors import ConfigError, DatasetError
@@ -392,10 +390,6 @@ def write_fashion_mnist(
     return folder
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "kdbench"
-
-
 def synthetic_folder(cache_dir: str | Path | None) -> Path:
     """The cached synthetic stand-in (uncompressed, fast to load), written on first use."""
     base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -420,24 +414,11 @@ def _complete(folder: Path) -> bool:
 
 def _write_synthetic(target: Path) -> None:
     """Generate the stand-in in a staging folder and rename it into place (atomic)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
-    except OSError as e:
-        raise DatasetError(
-            f"cannot create the synthetic Fashion-MNIST cache under {target.parent}: {e}; "
-            "pass a writable cache_dir"
-        ) from e
-    try:
-        write_fashion_mnist(staging, SYNTHETIC_TRAIN_PER_CLASS, SYNTHETIC_TEST_PER_CLASS,
-                            seed=SYNTHETIC_SEED, compress=False)
-        os.rename(staging, target)
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not _complete(target):  # not just another process that finished first
-            raise DatasetError(
-                f"cannot write the synthetic Fashion-MNIST to {target}: {e}"
-            ) from e
+    write_folder_atomically(
+        target, lambda staging: write_fashion_mnist(
+            staging, SYNTHETIC_TRAIN_PER_CLASS, SYNTHETIC_TEST_PER_CLASS,
+            seed=SYNTHETIC_SEED, compress=False),
+        "synthetic Fashion-MNIST", _complete)
 
 
 # --- the registered dataset ---------------------------------------------------------------
