@@ -137,6 +137,11 @@ class RunContext:
     def recipe(self) -> TrainRecipe:
         return self.budget.train
 
+    @property
+    def teacher_seed(self) -> int:
+        """The seed the pair's teacher was trained with (shared across seeds or not)."""
+        return self.budget.teacher_seed_for(self.seed)
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, *self.data.input_shape, device=self.device)
 
@@ -159,7 +164,8 @@ class RunContext:
                seed_offset: int = 0) -> BatchLoader:
         size = batch_size or (self.recipe.batch_size if train else self.recipe.eval_batch_size)
         return make_loader(self.data, split, train=train, batch_size=size, device=self.device,
-                           seed=self.seed + seed_offset, channels_last=self.recipe.channels_last)
+                           seed=self.seed + seed_offset,
+                           channels_last=self.recipe.channels_last_on(self.device))
 
     def train_loader(self, batch_size: int | None = None,
                      images: int | None = None) -> BatchLoader:
@@ -212,7 +218,7 @@ class RunContext:
 
 def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_size: int,
                 device: torch.device, seed: int, channels_last: bool) -> BatchLoader:
-    """A loader normalised with the dataset's statistics; channels_last only on CUDA.
+    """A loader normalised with the dataset's statistics (channels_last images if asked).
 
     Under torchrun it is this rank's shard: a training ``batch_size`` is the global batch,
     split evenly over the ranks (so a run trains on the same batches with any number of
@@ -227,7 +233,7 @@ def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_siz
         batch_size //= world.world_size
     return BatchLoader(split, batch_size, mean=data.mean, std=data.std, train=train,
                        device=device, seed=seed,
-                       channels_last=channels_last and device.type == "cuda",
+                       channels_last=channels_last,
                        rank=world.rank, world_size=world.world_size)
 
 

@@ -50,7 +50,8 @@ class RunRecord:
     metrics: dict[str, float]  # all metrics of the returned model (percent)
     accuracy_statistic: str  # which epoch the metric is from: always the last one
     teacher_metrics: dict[str, float]
-    teacher_checkpoint: dict[str, str]  # sha256, source (trained|cache|user), path
+    # sha256, source (trained|cache|user), path, seed, shared_by_seeds
+    teacher_checkpoint: dict[str, Any]
     reference: str  # the row this method is compared against (teacher | scratch)
     params: int
     params_nonzero: int
@@ -77,6 +78,8 @@ class RunRecord:
     deploy_status: str = "ok"
     bits_per_weight: float = 32.0  # stored bits per weight element of the deployed artifact
     macs_dtype: str = "fp32"  # what the MACs run as: the float graph's MACs, in this dtype
+    # benchmarks.run_config: the hash of everything that determines the result (not the seed)
+    config_hash: str = ""
     schema_version: int = SCHEMA_VERSION
     status: str = "ok"  # a failed run is a FailedRun record, never on the leaderboard
 

@@ -61,6 +61,7 @@ from benchmarks.registry import (
     lookup,
 )
 from benchmarks.results import FailedRun, RunRecord, record_path, write_failure, write_record
+from benchmarks.run_config import config_hash, run_config
 from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
 from benchmarks.train import evaluate, fit
 
@@ -282,7 +283,7 @@ class Harness:
 
     def _run_one(self, method: Method, pair: Pair, seed: int, workdir: Path,
                  train_split: ImageSplit, test_split: ImageSplit) -> list[Path]:
-        teacher, teacher_info = self.teacher(pair, seed)
+        teacher, teacher_info = self.teacher(pair, self.budget.teacher_seed_for(seed))
         ctx = RunContext(
             suite=self.suite, budget=self.budget, pair=pair, seed=seed, device=self.device,
             data=self.data, workdir=workdir, log=log, teacher_provider=lambda: teacher,
@@ -346,7 +347,7 @@ class Harness:
                      pair.teacher, seed)
             loader = make_loader(self.data, train_split, train=True, seed=seed,
                                  batch_size=recipe.batch_size, device=self.device,
-                                 channels_last=recipe.channels_last)
+                                 channels_last=recipe.channels_last_on(self.device))
             fit(model, lambda b, logits: F.cross_entropy(logits, b.y), loader, recipe,
                 device=self.device, desc=f"teacher {pair.teacher} seed{seed}",
                 progress=self.progress)
@@ -354,7 +355,7 @@ class Harness:
         def score(model: nn.Module) -> dict[str, float]:
             loader = make_loader(self.data, test_split, train=False, seed=seed,
                                  batch_size=recipe.eval_batch_size, device=self.device,
-                                 channels_last=recipe.channels_last)
+                                 channels_last=recipe.channels_last_on(self.device))
             return evaluate(model, loader, self.device)
 
         model, info = self.teachers.get(pair.teacher, key, build, train, score)
@@ -394,7 +395,8 @@ class Harness:
             metric_name=self.suite.metric, metrics=metrics, accuracy_statistic="last_epoch",
             teacher_metrics=self._teacher_metrics(ctx, teacher, teacher_info),
             teacher_checkpoint={"sha256": teacher_info.sha256, "source": teacher_info.source,
-                                "path": teacher_info.path},
+                                "path": teacher_info.path, "seed": ctx.teacher_seed,
+                                "shared_by_seeds": self.budget.teacher_seed is not None},
             reference=method.reference,
             params=report.params, params_nonzero=report.params_nonzero, macs=report.macs,
             flops=report.flops, artifact_bytes=report.artifact_bytes,
@@ -407,7 +409,12 @@ class Harness:
                 {"evaluators": evaluated_with} if evaluated_with else {})},
             config=config_dict(method.cfg), recipe=dataclasses.asdict(self.budget.train),
             environment=fingerprint(), test_images=len(ctx.test_split),
+            config_hash=self.config_hash(method, teacher_info, "fp32"),
         )
+
+    def config_hash(self, method: Method, teacher_info: TeacherInfo, deploy: str) -> str:
+        return config_hash(run_config(self.suite, self.budget, config_dict(method.cfg),
+                                      self.data.fingerprint, teacher_info.sha256, deploy))
 
     def _deployed(self, model: nn.Module, name: str) -> nn.Module:
         """``model`` as the suite deploys it (``deployed_forward``), for measurement."""
@@ -470,7 +477,8 @@ class Harness:
         start = time.perf_counter()
         base = dataclasses.replace(
             fp32, run_id=hashlib.sha1(f"{fp32.run_id}/{target}".encode()).hexdigest()[:16],
-            deploy=target, macs_dtype=target, latency=[], metrics={})
+            deploy=target, macs_dtype=target, latency=[], metrics={},
+            config_hash=config_hash({"fp32": fp32.config_hash, "deploy": target}))
         try:
             if distributed.current().distributed:
                 raise DeployError("harness", RuntimeError(

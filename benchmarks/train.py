@@ -1,6 +1,7 @@
 """The one training loop every method trains through.
 
-SGD with a multistep or cosine schedule, bf16 autocast and channels_last on CUDA,
+SGD with a multistep or cosine schedule, bf16 autocast and channels_last on CUDA (channels_last
+on CPU when the recipe asks),
 an epoch-level checkpoint that makes a killed run resumable, a finite-loss check and
 progress output. Methods supply only the loss (and, when they need one, a custom forward
 or per-step / per-epoch hooks); the loop owns everything else so that every method
@@ -128,7 +129,7 @@ def fit(
     """
     on_cuda = device.type == "cuda"
     model.to(device)
-    if on_cuda and recipe.channels_last:
+    if recipe.channels_last_on(device):
         model.to(memory_format=torch.channels_last)
     trainable = list(params) if params is not None else [
         p for p in model.parameters() if p.requires_grad

@@ -36,10 +36,37 @@ budgets = dict(
     # whose teacher is clearly better than the student trained alone.
     short=dict(
         pairs=[("resnet20", "resnet8")],
-        train=dict(epochs=10, batch_size=64, lr=0.1, schedule="cosine", **_eval),
-        teacher_train=dict(epochs=15, batch_size=64, lr=0.1, schedule="cosine", **_eval),
-        train_subset=10000,
+        train=dict(epochs=10, batch_size=64, lr=0.1, schedule="cosine",
+                   cpu_channels_last=True, **_eval),
+        teacher_train=dict(epochs=30, batch_size=64, lr=0.1, schedule="cosine",
+                           cpu_channels_last=True, **_eval),
+        train_subset=5000,
+        teacher_seed=0,
         seeds=5,
+        latency=dict(rounds=8, warmup=5, min_iters=3, max_iters=100, target_round_s=0.05),
+        evaluator_options=dict(robust=dict(n_images=500)),
+        # Each method's own schedule scaled to this budget (its defaults are the papers'
+        # hundreds of epochs): about as many training steps as the 10 student epochs.
+        methods=dict(
+            okddip=dict(rampup_epochs=3.0),
+            progressive_block_kd=dict(block_epochs=3, block_lr=0.05, finetune_epochs=5,
+                                      finetune_lr=0.01),
+            channel_selection=dict(finetune_epochs=8),
+            combine_net=dict(epochs=10, calib_batches=20, val_images=2000),
+            hybrid_lowrank_quant=dict(hint_epochs=3, kd_epochs=10),
+            kdas_reid=dict(search_epochs=4, search_images=2000, search_channels=8,
+                           search_layers=3, ops=("none", "skip_connect", "avg_pool_3x3",
+                                                 "max_pool_3x3", "sep_conv_3x3",
+                                                 "dil_conv_3x3", "part_aware"),
+                           channels=16, layers=5, retrain_epochs=10),
+            # PGD-3 training attack, an FGSM-RS-trained (1 step of 1.25 eps) adversarial
+            # teacher, 4x compression, the two controls its claims compare against.
+            robust_prune_kd=dict(compression=4.0, lam=15.0, attack_steps=3,
+                                 teacher_attack_steps=1, teacher_step_size=10 / 255,
+                                 prox_epochs=3, finetune_epochs=2, train_images=2000,
+                                 final_bn_batches=8,
+                                 controls=("magnitude_adv_ft", "prox_no_kd")),
+        ),
         resources=dict(gpus_per_node=0, cpus_per_task=2, mem_gb=8, timeout_min=120),
     ),
     # All 60,000 training images; minutes per run on one GPU.

@@ -66,7 +66,7 @@ def adversarial_teacher_key(ctx: RunContext, attack: PGDConfig) -> str:
     """The cache key: the standard teacher's (architecture, data, subset, the budget's
     teacher recipe, seed) plus the adversarial training settings, so the two never collide."""
     return teacher_key(ctx.pair.teacher, ctx.num_classes, ctx.data.fingerprint,
-                       ctx.budget.train_subset, ctx.budget.teacher_recipe, ctx.seed,
+                       ctx.budget.train_subset, ctx.budget.teacher_recipe, ctx.teacher_seed,
                        adversarial={"training": ADVERSARIAL_TRAINING,
                                     "attack": dataclasses.asdict(attack)})
 
@@ -89,24 +89,25 @@ def adversarial_teacher(ctx: RunContext, attack: PGDConfig) -> tuple[FrozenTeach
     cache = TeacherCache(harness_cache_dir(ctx))  # no user checkpoint: those are standard
 
     def build() -> nn.Module:
-        torch.manual_seed(ctx.seed)  # seeded initialisation, as the harness's teachers
+        torch.manual_seed(ctx.teacher_seed)  # seeded initialisation, as the harness's teachers
         return ctx.build_model(arch)
 
     def train(model: nn.Module) -> None:
         ctx.log.info("adversarially training teacher %s (seed %d, PGD-%d, eps %.4g); it is "
-                     "cached for later runs", arch, ctx.seed, attack.steps, attack.eps)
+                     "cached for later runs", arch, ctx.teacher_seed, attack.steps, attack.eps)
         loader = make_loader(ctx.data, ctx.train_split, train=True, batch_size=recipe.batch_size,
-                             device=ctx.device, seed=ctx.seed, channels_last=recipe.channels_last)
+                             device=ctx.device, seed=ctx.teacher_seed,
+                             channels_last=recipe.channels_last_on(ctx.device))
         forward = AdversarialForward(ctx.data.mean, ctx.data.std, attack,
-                                     seeded_generator(ctx.seed, ctx.device))
+                                     seeded_generator(ctx.teacher_seed, ctx.device))
         fit(model, adversarial_kd_loss(None, 0.0, 1.0), loader, recipe, device=ctx.device,
-            forward=forward, desc=f"adversarial teacher {arch} seed{ctx.seed}",
+            forward=forward, desc=f"adversarial teacher {arch} seed{ctx.teacher_seed}",
             progress=ctx.progress)
 
     def score(model: nn.Module) -> dict[str, float]:
         loader = make_loader(ctx.data, ctx.test_split, train=False, seed=ctx.seed,
                              batch_size=recipe.eval_batch_size, device=ctx.device,
-                             channels_last=recipe.channels_last)
+                             channels_last=recipe.channels_last_on(ctx.device))
         return evaluate(model, loader, ctx.device)
 
     devices = ([ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]

@@ -1,0 +1,40 @@
+"""The configuration hash of a run: one value for everything that determines its result.
+
+Two records are runs of the same configuration, and may be averaged into one leaderboard
+row, only when their hashes are equal. The hash covers the method's resolved config (with
+any variant and ``--set`` overrides), the suite as loaded (every value of its top level and
+of this budget, so comments and other budgets do not count), the data fingerprint, the
+teacher checkpoint's sha256 and the deploy target. The seed is not in it: the seeds of one
+configuration are what a row averages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from benchmarks.config import Budget, SuiteConfig
+
+HASH_CHARS = 16
+# Budget fields that say how many runs to make or where, not what a run computes.
+_NOT_RESULT = ("seeds", "resources", "name")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def run_config(suite: SuiteConfig, budget: Budget, method_config: dict[str, Any],
+               data_fingerprint: str, teacher_sha256: str, deploy: str) -> dict[str, Any]:
+    """What determines a run's result, as plain data (hashed by ``config_hash``)."""
+    suite_values = {k: v for k, v in dataclasses.asdict(suite).items() if k != "budgets"}
+    budget_values = {k: v for k, v in dataclasses.asdict(budget).items() if k not in _NOT_RESULT}
+    return {"suite": suite_values, "budget": {"name": budget.name, **budget_values},
+            "method": method_config, "data": data_fingerprint, "teacher": teacher_sha256,
+            "deploy": deploy}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:HASH_CHARS]

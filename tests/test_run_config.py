@@ -1,0 +1,40 @@
+"""The configuration hash, the shared teacher seed and CPU channels_last in the recipe."""
+
+import dataclasses
+
+import torch
+
+from benchmarks.config import TrainRecipe, load_suite
+from benchmarks.run_config import config_hash, run_config
+
+
+def _hash(suite, budget, **method):
+    return config_hash(run_config(suite, budget, method, "data-fp", "teacher-sha", "fp32"))
+
+
+def test_hash_changes_with_what_determines_the_result_and_not_the_seed_count():
+    suite = load_suite("fashion-mnist")
+    smoke = suite.budget("smoke")
+    base = _hash(suite, smoke, temperature=4.0)
+    assert base == _hash(suite, smoke, temperature=4.0)
+    assert base != _hash(suite, smoke, temperature=8.0)
+    assert base != _hash(suite, dataclasses.replace(smoke, train_subset=1000), temperature=4.0)
+    assert base == _hash(suite, dataclasses.replace(smoke, seeds=7), temperature=4.0)
+    other = config_hash(run_config(suite, smoke, {"temperature": 4.0}, "data-fp",
+                                   "another-teacher", "fp32"))
+    assert base != other
+
+
+def test_shared_teacher_seed():
+    short = load_suite("fashion-mnist").budget("short")
+    smoke = load_suite("fashion-mnist").budget("smoke")
+    assert [short.teacher_seed_for(s) for s in range(3)] == [0, 0, 0]
+    assert [smoke.teacher_seed_for(s) for s in range(3)] == [0, 1, 2]
+
+
+def test_channels_last_on_cpu_only_when_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not TrainRecipe().channels_last_on(cpu)
+    assert TrainRecipe().channels_last_on(cuda)
+    assert TrainRecipe(cpu_channels_last=True).channels_last_on(cpu)
+    assert not TrainRecipe(channels_last=False, cpu_channels_last=True).channels_last_on(cpu)
