@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from benchmarks.config import BUDGETS, SuiteConfig, known_suites, load_suite
-from benchmarks.errors import ConfigError, KdbenchError
+from benchmarks.errors import ConfigError, KdbenchError, RunsFailedError
 from benchmarks.registry import DATASETS, METHODS, MODELS, known
 from benchmarks.regress import REGRESS_SUITES
 from benchmarks.sweep import add_parser as add_sweep_parser
@@ -196,6 +197,7 @@ def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.results import load_records
     from benchmarks.runner import Harness
 
     suite = load_suite(args.suite)
@@ -220,11 +222,28 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"({data.data_source}) · {len(plan.methods)} methods × {len(plan.pairs)} "
                   f"pairs × {len(plan.seeds)} seeds = {plan.total} runs · device "
                   f"{harness.device}")
-    harness.run(plan.methods, plan.seeds, force=args.force)
+    started = time.perf_counter()
+    try:
+        harness.run(plan.methods, plan.seeds, force=args.force)
+    except RunsFailedError:
+        # The runs that succeeded are on the board before the failures are reported.
+        if _primary() and load_records(args.results_dir, suite.name, args.budget):
+            show_leaderboard(suite.name, args.budget, args.results_dir,
+                             metrics=suite.table_metrics)
+        raise
+    finally:
+        console.print(f"{plan.total} runs in {_duration(time.perf_counter() - started)} "
+                      "wall time (runs with a record of this configuration are skipped)")
     if not _primary():  # under torchrun: rank 0 wrote the records and reports them
         return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
                             metrics=suite.table_metrics)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,

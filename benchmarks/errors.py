@@ -30,3 +30,12 @@ class DatasetError(KdbenchError, FileNotFoundError):
 
 class TrainingError(KdbenchError, RuntimeError):
     """Training diverged (NaN/inf loss) or otherwise cannot continue."""
+
+
+class RunsFailedError(KdbenchError):
+    """Some runs of an invocation failed; the others ran and their records were written."""
+
+    def __init__(self, failures: list[str], total: int):
+        self.failures = failures
+        super().__init__(f"{len(failures)} of {total} runs failed (each is recorded as "
+                         "seedN.failed.json beside its record): " + "; ".join(failures))

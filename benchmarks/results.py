@@ -2,7 +2,7 @@
 
 The leaderboard CSV is always derived from the records, never edited by hand: rows are
 grouped by suite, dataset, data source, budget, pair and method, so real and synthetic
-data, or different budgets, never share a row.
+data, or different budgets, never share a row; and a row holds one configuration hash only.
 """
 
 from __future__ import annotations
@@ -152,9 +152,24 @@ def write_json_atomic(data: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+def replaced_path(record: Path, run_id: str) -> Path:
+    """Where a record replaced by a newer run (``--force``, another configuration) is kept."""
+    return record.with_name(f"{record.stem}.replaced-{run_id}.json")
+
+
 def write_record(record: RunRecord, results_dir: Path) -> Path:
+    """Write ``record``; a record it replaces is kept beside it, marked ``replaced``."""
     path = record_path(results_dir, record.suite, record.budget, record.data_source,
                        record.method, record.teacher, record.student, record.seed, record.deploy)
+    if path.is_file():
+        try:
+            old = read_record(path)
+        except KdbenchError:  # unreadable: kept aside as it is, never read as a record
+            os.replace(path, path.with_name(f"{path.name}.unreadable"))
+            old = {"run_id": record.run_id}
+        if old.get("run_id") != record.run_id:
+            old.update(status="replaced", replaced_by=record.run_id)
+            write_json_atomic(old, replaced_path(path, old.get("run_id", "unknown")))
     write_json_atomic(asdict(record), path)
     failure_path(path).unlink(missing_ok=True)  # an earlier failed attempt is superseded
     return path
@@ -179,22 +194,68 @@ def load_records(results_dir: Path, suite: str | None = None,
             root = root / budget
     records = []
     for path in sorted(root.rglob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise KdbenchError(f"run record {path} is not valid JSON ({exc}); delete it "
-                               "and re-run that run") from exc
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise KdbenchError(
-                f"run record {path} has schema_version {data.get('schema_version')!r}; this "
-                f"kdbench reads version {SCHEMA_VERSION} (re-run it or use a matching kdbench)"
-            )
-        if data.get("status", "ok") != "ok":  # failed runs have no numbers to aggregate
+        data = read_record(path)
+        if data.get("status", "ok") != "ok":  # failed or replaced runs are not on the board
             continue
         if budget and data["budget"] != budget:
             continue
         records.append(data)
     return records
+
+
+# What every successful record has; a file without them is not a run record.
+_RECORD_KEYS = ("suite", "budget", "method", "teacher", "student", "seed", "metrics",
+                "metric_name", "teacher_metrics", "params", "macs")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One run record (or failed/replaced run) from ``path``, checked to be one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise KdbenchError(f"run record {path} is not valid JSON ({exc}); delete it "
+                           "and re-run that run") from exc
+    except UnicodeDecodeError as exc:
+        raise KdbenchError(f"run record {path} is not a text file; delete it and re-run "
+                           "that run") from exc
+    if not isinstance(data, dict):
+        raise KdbenchError(f"run record {path} holds a JSON {type(data).__name__}, not a run "
+                           "record (an object); delete it and re-run that run")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise KdbenchError(
+            f"run record {path} has schema_version {data.get('schema_version')!r}; this "
+            f"kdbench reads version {SCHEMA_VERSION} (re-run it or use a matching kdbench)"
+        )
+    missing = [k for k in _RECORD_KEYS if k not in data]
+    if data.get("status", "ok") == "ok" and missing:
+        raise KdbenchError(f"run record {path} is not a complete run record: it lacks "
+                           f"{', '.join(missing)}; delete it and re-run that run")
+    return data
+
+
+def load_failures(results_dir: Path, suite: str, budget: str) -> list[dict[str, Any]]:
+    """The failed runs of ``suite``/``budget`` that no later record has superseded."""
+    root = Path(results_dir) / "runs" / suite / budget
+    failures = []
+    for path in sorted(root.rglob("*.failed.json")):
+        data = read_record(path)
+        if not path.with_name(path.name.replace(".failed.json", ".json")).is_file():
+            failures.append(data)
+    return failures
+
+
+def _failed_rows(failures: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One board row per failed (method, pair): its runs failed, so it has no number."""
+    rows = {}
+    for f in failures:
+        key = tuple(f.get(k, "fp32") if k == "deploy" else f[k] for k in GROUP)
+        row = rows.setdefault(key, {**dict(zip(GROUP, key, strict=True)), "n": 0, "seeds": [],
+                                    "status": "failed", "notes": ""})
+        row["seeds"].append(str(f["seed"]))
+        row["notes"] = f"failed: {f['error_type']}: {f['error']}"[:300]
+    for row in rows.values():
+        row["seeds"] = ",".join(sorted(row["seeds"]))
+    return pd.DataFrame(list(rows.values()))
 
 
 def _json_default(obj: Any) -> Any:
@@ -231,12 +292,35 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["notes"] = "; ".join(r.get("notes", []))
         row["test_images"] = r.get("test_images", 0)
         row["isa"] = (r.get("environment") or {}).get("aten_cpu_capability")
+        row["config_hash"] = r.get("config_hash", "")
+        row["created"] = r.get("created", "")
         for entry in r.get("latency", []):
             key = latency_key(entry)
             row[f"latency_{key}_ms"] = entry["student"]["stats"]["median_ms"]
             row[f"speedup_{key}"] = entry["speedup"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _one_configuration_per_row(pd.DataFrame(rows))
+
+
+def _one_configuration_per_row(runs: pd.DataFrame) -> pd.DataFrame:
+    """A row averages one configuration: where a method's runs have several config hashes
+    (an edited suite, a ``--set``, another teacher), the configuration of its newest record
+    keeps the method's name and each other one becomes its own row, ``method#<hash>``."""
+    if runs.empty:
+        return runs
+    for _, grp in runs.groupby(GROUP, sort=False, dropna=False):
+        if grp["config_hash"].nunique() < 2:
+            continue
+        newest = grp.sort_values("created")["config_hash"].iloc[-1]
+        for cfg, runs_of_cfg in grp.groupby("config_hash"):
+            if cfg != newest:
+                label = f"{runs_of_cfg['method'].iloc[0]}#{cfg[:8] or 'unhashed'}"
+                runs.loc[runs_of_cfg.index, "method"] = label
+                runs.loc[runs_of_cfg.index, "notes"] = runs_of_cfg["notes"].map(
+                    lambda n, c=cfg, m=newest: "; ".join(filter(None, (
+                        f"another configuration (config_hash {c or 'none'}; the method's "
+                        f"current one is {m})", n))))
+    return runs
 
 
 def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -253,7 +337,7 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update(
             method_label=grp["method_label"].iloc[0], reference=ref, n=s.n,
             seeds=",".join(str(v) for v in sorted(grp["seed"])),
-            metric_name=grp["metric_name"].iloc[0],
+            metric_name=grp["metric_name"].iloc[0], config_hash=grp["config_hash"].iloc[0],
             metric_mean=s.mean, metric_std=s.std, ci_low=s.ci_low, ci_high=s.ci_high,
             teacher_metric_mean=grp["teacher_metric"].mean(),
             params=_structural(grp["params"]), macs=_structural(grp["macs"]),
@@ -371,7 +455,10 @@ def rebuild_leaderboard(results_dir: Path, suite: str, budget: str,
             raise KdbenchError(f"no run records for suite {suite!r}, budget {budget!r} under "
                                f"{results_dir}/runs; run `kdbench run --suite {suite} "
                                f"--budget {budget}` first")
-        board = leaderboard(records)
+        board = leaderboard(records).assign(status="ok")
+        failed = _failed_rows(load_failures(results_dir, suite, budget))
+        if not failed.empty:  # shown as failed, without a number
+            board = pd.concat([board, failed], ignore_index=True)
         write_leaderboard(board, path)
     finally:
         lock.release()
@@ -407,10 +494,15 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
     best = {}
     for idx, r in board.iterrows():
         key = tuple(r[k] for k in GROUP[:-1])
-        if r["method"] != "teacher" and (key not in best or
+        if r["method"] != "teacher" and r.get("status", "ok") == "ok" and (key not in best or
                                          r["metric_mean"] > board.loc[best[key], "metric_mean"]):
             best[key] = idx
     for idx, r in board.iterrows():
+        if r.get("status", "ok") == "failed":
+            table.add_row(r["data_source"], f"{r['teacher']}→{r['student']}",
+                          escape(r["method"]), "0", f"failed (seeds {r['seeds']})",
+                          *[""] * (len(table.columns) - 6), escape(r["notes"]))
+            continue
         metric = f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}"
         tie = " best" if idx in best.values() else (
             " (tied best)" if r["tied_with_best"] is True else "")

@@ -40,7 +40,13 @@ from benchmarks.deploy import (
     quantize_int8,
     torchao_version,
 )
-from benchmarks.errors import ConfigError, KdbenchError, TrainingError, UnknownNameError
+from benchmarks.errors import (
+    ConfigError,
+    KdbenchError,
+    RunsFailedError,
+    TrainingError,
+    UnknownNameError,
+)
 from benchmarks.evaluators import as_evaluation, evaluator_config
 from benchmarks.measure import (
     LatencySetting,
@@ -60,7 +66,14 @@ from benchmarks.registry import (
     known,
     lookup,
 )
-from benchmarks.results import FailedRun, RunRecord, record_path, write_failure, write_record
+from benchmarks.results import (
+    FailedRun,
+    RunRecord,
+    read_record,
+    record_path,
+    write_failure,
+    write_record,
+)
 from benchmarks.run_config import config_hash, run_config
 from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
 from benchmarks.train import evaluate, fit
@@ -226,6 +239,7 @@ class Harness:
             *, force: bool = False) -> list[Path]:
         plan = self.plan(methods, seeds)
         written: list[Path] = []
+        failed: list[str] = []
         done = 0
         for pair in plan.pairs:
             for seed in plan.seeds:
@@ -233,38 +247,95 @@ class Harness:
                     done += 1
                     prefix = f"[{done}/{plan.total}] {name} {pair.label} seed {seed}"
                     method = self.build_method(name)
-                    paths = [record_path(self.results_dir, self.suite.name, self.budget.name,
-                                         self.data.data_source, name, pair.teacher,
-                                         pair.student, seed, d)
-                             for d in ("fp32", *self.targets(method))]
-                    if all(p.exists() for p in paths) and not force:
+                    stale = self.stale_records(method, pair, seed)
+                    if not stale and not force:
                         log.info("%s: record exists, skipped (use --force to re-run)", prefix)
                         continue
+                    for why in stale:
+                        log.info("%s: %s", prefix, why)
                     reason = method.supports(pair)
                     if reason:
                         log.warning("%s: skipped, %s", prefix, reason)
                         continue
                     log.info("%s: running", prefix)
-                    written += self.run_one(method, pair, seed)
+                    try:
+                        written += self.run_one(method, pair, seed)
+                    except Exception as exc:  # recorded as failed; the other runs go on
+                        if plan.total == 1:
+                            raise
+                        if isinstance(exc, KdbenchError):
+                            log.error("%s: failed: %s", prefix, exc)
+                        else:  # a bug in the method: its traceback helps its author
+                            log.exception("%s: failed", prefix)
+                        failed.append(f"{name} {pair.label} seed {seed}: "
+                                      f"{type(exc).__name__}: {exc}")
+        if failed:
+            raise RunsFailedError(failed, plan.total)
         return written
+
+    def stale_records(self, method: Method, pair: Pair, seed: int) -> list[str]:
+        """Why the run's records do not stand for this configuration (none: skip the run).
+
+        A record stands only when its ``config_hash`` equals this run's: an edited suite, a
+        ``--set`` or another teacher makes the run run again (its old record is kept beside
+        the new one as replaced). A teacher not trained yet is taken to be the record's own:
+        it would be trained from the recipe, data and seed the hash already covers.
+        """
+        teacher_seed = self.budget.teacher_seed_for(seed)
+        known = self.teachers.known_sha256(pair.teacher, self._teacher_key(pair, teacher_seed))
+        reasons = []
+        for deploy in ("fp32", *self.targets(method)):
+            path = record_path(self.results_dir, self.suite.name, self.budget.name,
+                               self.data.data_source, method.name, pair.teacher, pair.student,
+                               seed, deploy)
+            if not path.is_file():
+                reasons.append(f"no {deploy} record yet")
+                continue
+            record = read_record(path)
+            teacher_sha = known or record.get("teacher_checkpoint", {}).get("sha256", "")
+            expected = self.config_hash(config_dict(method.cfg), teacher_sha, deploy)
+            if record.get("config_hash") != expected:
+                reasons.append(f"the {deploy} record {path} is of another configuration "
+                               f"(config_hash {record.get('config_hash') or 'none'}, this run "
+                               f"{expected}): running it; the old record is kept as replaced")
+        return reasons
 
     def run_one(self, method: Method, pair: Pair, seed: int) -> list[Path]:
         """Run one method on one pair with one seed; returns the record paths written."""
         train_split, test_split = self.splits()
-        run_key = f"{self.suite.name}/{self.budget.name}/{method.name}/{pair.label}/seed{seed}"
-        workdir = self.cache_dir / "work" / hashlib.sha1(run_key.encode()).hexdigest()[:16]
         world = distributed.current()
-        if not self.resume and world.primary:
-            shutil.rmtree(workdir, ignore_errors=True)
-        distributed.barrier()
         try:
-            return self._run_one(method, pair, seed, workdir, train_split, test_split)
+            teacher, teacher_info = self.teacher(pair, self.budget.teacher_seed_for(seed))
+            workdir = self._workdir(method, pair, seed, teacher_info)
+            return self._run_one(method, pair, seed, workdir, teacher, teacher_info,
+                                 train_split, test_split)
         except Exception as exc:  # not KeyboardInterrupt: a killed run is resumed, not failed
             if world.primary:
                 self._record_failure(method.name, pair, seed, exc)
             if isinstance(exc, TrainingError):
                 raise TrainingError(f"method {method.name!r}, {exc}") from exc
             raise
+
+    def _workdir(self, method: Method, pair: Pair, seed: int, teacher_info: TeacherInfo) -> Path:
+        """The run's checkpoint folder, keyed by its configuration hash: a killed run is
+        resumed only by a run of the same configuration."""
+        cfg_hash = self.config_hash(config_dict(method.cfg), teacher_info.sha256, "fp32")
+        run_key = (f"{self.suite.name}/{self.budget.name}/{method.name}/{pair.label}/"
+                   f"seed{seed}/{cfg_hash}")
+        workdir = self.cache_dir / "work" / hashlib.sha1(run_key.encode()).hexdigest()[:16]
+        world = distributed.current()
+        if world.primary:
+            if not self.resume:
+                shutil.rmtree(workdir, ignore_errors=True)
+            stamp = workdir / "config_hash"
+            if stamp.is_file() and stamp.read_text().strip() != cfg_hash:
+                raise ConfigError(f"work folder {workdir} holds checkpoints of configuration "
+                                  f"{stamp.read_text().strip()}, not this run's {cfg_hash}; "
+                                  "they are not resumed: delete the folder or pass --no-resume")
+            workdir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(cfg_hash)
+        distributed.barrier()
+        return workdir
 
     def _record_failure(self, name: str, pair: Pair, seed: int, exc: Exception) -> None:
         failed = FailedRun(
@@ -281,9 +352,9 @@ class Harness:
         else:
             log.error("%s %s seed %d failed; recorded in %s", name, pair.label, seed, path)
 
-    def _run_one(self, method: Method, pair: Pair, seed: int, workdir: Path,
-                 train_split: ImageSplit, test_split: ImageSplit) -> list[Path]:
-        teacher, teacher_info = self.teacher(pair, self.budget.teacher_seed_for(seed))
+    def _run_one(self, method: Method, pair: Pair, seed: int, workdir: Path, teacher: nn.Module,
+                 teacher_info: TeacherInfo, train_split: ImageSplit,
+                 test_split: ImageSplit) -> list[Path]:
         ctx = RunContext(
             suite=self.suite, budget=self.budget, pair=pair, seed=seed, device=self.device,
             data=self.data, workdir=workdir, log=log, teacher_provider=lambda: teacher,
@@ -332,11 +403,14 @@ class Harness:
         return self.results_dir / "artifacts" / record.relative_to(runs).with_suffix("")
 
     # ---- teacher ----------------------------------------------------------------------
+    def _teacher_key(self, pair: Pair, seed: int) -> str:
+        return teacher_key(pair.teacher, self.data.num_classes, self.data.fingerprint,
+                           self.budget.train_subset, self.budget.teacher_recipe, seed)
+
     def teacher(self, pair: Pair, seed: int) -> tuple[nn.Module, TeacherInfo]:
         train_split, test_split = self.splits()
         recipe = self.budget.teacher_recipe
-        key = teacher_key(pair.teacher, self.data.num_classes, self.data.fingerprint,
-                          self.budget.train_subset, recipe, seed)
+        key = self._teacher_key(pair, seed)
 
         def build() -> nn.Module:
             seed_everything(seed)
@@ -409,12 +483,13 @@ class Harness:
                 {"evaluators": evaluated_with} if evaluated_with else {})},
             config=config_dict(method.cfg), recipe=dataclasses.asdict(self.budget.train),
             environment=fingerprint(), test_images=len(ctx.test_split),
-            config_hash=self.config_hash(method, teacher_info, "fp32"),
+            config_hash=self.config_hash(config_dict(method.cfg), teacher_info.sha256, "fp32"),
         )
 
-    def config_hash(self, method: Method, teacher_info: TeacherInfo, deploy: str) -> str:
-        return config_hash(run_config(self.suite, self.budget, config_dict(method.cfg),
-                                      self.data.fingerprint, teacher_info.sha256, deploy))
+    def config_hash(self, method_config: dict[str, Any], teacher_sha256: str,
+                    deploy: str) -> str:
+        return config_hash(run_config(self.suite, self.budget, method_config,
+                                      self.data.fingerprint, teacher_sha256, deploy))
 
     def _deployed(self, model: nn.Module, name: str) -> nn.Module:
         """``model`` as the suite deploys it (``deployed_forward``), for measurement."""
@@ -478,7 +553,7 @@ class Harness:
         base = dataclasses.replace(
             fp32, run_id=hashlib.sha1(f"{fp32.run_id}/{target}".encode()).hexdigest()[:16],
             deploy=target, macs_dtype=target, latency=[], metrics={},
-            config_hash=config_hash({"fp32": fp32.config_hash, "deploy": target}))
+            config_hash=self.config_hash(fp32.config, teacher_info.sha256, target))
         try:
             if distributed.current().distributed:
                 raise DeployError("harness", RuntimeError(

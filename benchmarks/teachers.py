@@ -161,6 +161,15 @@ class TeacherCache:
         self._memory[key] = result
         return result
 
+    def known_sha256(self, arch: str, key: str) -> str | None:
+        """The sha256 of the teacher ``key`` would load, without training or loading it:
+        the user's checkpoint or the cached file; None when it would be trained."""
+        if arch in self.user_checkpoints:
+            path = Path(self.user_checkpoints[arch]).expanduser()
+        else:
+            path = self.dir / f"{arch}-{key[:16]}.pt"
+        return sha256_file(path) if path.is_file() else None
+
     @contextlib.contextmanager
     def _lock(self, path: Path) -> Iterator[None]:
         """Hold ``path``'s lock file (rank 0 only): one trainer per key across processes.

@@ -52,11 +52,14 @@ def test_local_sweep_runs_each_job_as_its_own_process(capsys, cifar_root, tmp_pa
     assert counts == {"done": 1, "failed": 1}
     failed = next(r for r in rows if r[0] == "failed")
     assert "resnet14->resnet8" in failed[1] and "does not fit architecture 'resnet14'" in failed[3]
-    # Each job wrote only its own record; the board has the finished run and nothing else.
+    # Each job wrote only its own record; the board has the finished run with its number and
+    # the failed one marked failed, without a number.
     done = record_path(results, "tiny", "smoke", "synthetic", "scratch", "resnet8", "resnet8", 0)
     assert json.loads(done.read_text())["status"] == "ok"
     board = pd.read_csv(results / "leaderboard" / "tiny_smoke.csv")
-    assert list(zip(board["teacher"], board["method"], strict=True)) == [("resnet8", "scratch")]
+    assert list(zip(board["teacher"], board["method"], board["status"], strict=True)) == [
+        ("resnet8", "scratch", "ok"), ("resnet14", "scratch", "failed")]
+    assert pd.isna(board["metric_mean"].iloc[1])
     # Two separate processes ran them (local job ids are process ids).
     ids = {e["job_id"] for e in Sweep.load(results, "tiny", "smoke").jobs}
     assert len(ids) == 2 and os.getpid() not in {int(i) for i in ids}

@@ -1,0 +1,167 @@
+"""A row is one configuration; a run is skipped, resumed or replaced only by its own.
+
+Every record carries the hash of what determines its result. A run whose configuration
+differs from its record's is run again (the old record kept as replaced), a board row never
+averages two configurations, a killed run is resumed only by a run of the same
+configuration, and one failed run does not stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+from test_results import make_record
+
+from benchmarks.cli import main
+from benchmarks.errors import ConfigError, KdbenchError, RunsFailedError, TrainingError
+from benchmarks.registry import METHODS, lookup
+from benchmarks.results import (
+    leaderboard,
+    load_records,
+    read_record,
+    record_path,
+    replaced_path,
+    write_record,
+)
+
+# Two training epochs on the 1,797 real digits, one 8-epoch resnet8 teacher: seconds a run.
+TINY_SUITE = """
+name = "tiny-digits"
+metric = "top1"
+dataset = dict(type="digits", size=32)
+budgets = dict(smoke=dict(
+    pairs=[("resnet8", "resnet8")],
+    train=dict(epochs=1, batch_size=64, lr=0.05, schedule="cosine", eval_batch_size=500),
+    teacher_train=dict(epochs=1, batch_size=64, lr=0.05, schedule="cosine",
+                       eval_batch_size=500),
+    train_subset=256, seeds=1, latency=dict(enabled=False),
+))
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    suite = tmp_path / "tiny-digits.py"
+    suite.write_text(TINY_SUITE)
+    return suite
+
+
+def cli(suite, tmp_path, *args):
+    return main(["run", "--suite", str(suite), "--results-dir", str(tmp_path / "results"),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-latency", "--quiet", *args])
+
+
+def kd_record(tmp_path):
+    return record_path(tmp_path / "results", "tiny-digits", "smoke", "real", "kd", "resnet8",
+                       "resnet8", 0)
+
+
+def test_a_replaced_record_is_kept_beside_the_new_one_and_off_the_board(tmp_path):
+    old = make_record(seed=0, top1=60.0)
+    new = dataclasses.replace(old, run_id="newer", metrics={"top1": 70.0, "top5": 90.0})
+    path = write_record(old, tmp_path)
+    write_record(new, tmp_path)
+    kept = json.loads(replaced_path(path, old.run_id).read_text())
+    assert kept["status"] == "replaced" and kept["replaced_by"] == "newer"
+    assert kept["metrics"]["top1"] == 60.0
+    assert [r["metrics"]["top1"] for r in load_records(tmp_path)] == [70.0]
+
+
+def test_a_board_row_never_averages_two_configurations():
+    t4 = [dataclasses.replace(make_record(seed=s, top1=80.0 + s), config_hash="a" * 16,
+                              created=f"2026-12-01T00:00:0{s}+00:00") for s in range(3)]
+    t8 = dataclasses.replace(make_record(seed=0, top1=10.0), config_hash="b" * 16,
+                             created="2026-12-02T00:00:00+00:00")
+    board = leaderboard([dataclasses.asdict(r) for r in (*t4, t8)])
+    rows = board.set_index("method")
+    # The newest configuration keeps the name; the other is its own row, named by its hash.
+    assert rows.loc["kd", "n"] == 1 and rows.loc["kd", "metric_mean"] == 10.0
+    other = f"kd#{'a' * 8}"
+    assert rows.loc[other, "n"] == 3 and rows.loc[other, "metric_mean"] == pytest.approx(81.0)
+    assert "another configuration" in rows.loc[other, "notes"]
+    assert rows.loc["kd", "config_hash"] == "b" * 16
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[1, 2]", "JSON list, not a run record"),
+    ('{"schema_version": 1, "method": "kd"}', "not a complete run record: it lacks suite"),
+    ("{not json", "not valid JSON"),
+])
+def test_a_file_that_is_not_a_record_is_named(tmp_path, content, says):
+    path = tmp_path / "runs" / "s" / "smoke" / "real" / "kd" / "a-b" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(KdbenchError, match=says) as err:
+        load_records(tmp_path)
+    assert str(path) in str(err.value)
+    assert read_record.__name__  # the same check serves every reader
+
+
+def test_another_configuration_is_run_not_skipped_and_the_old_record_kept(tiny, tmp_path):
+    assert cli(tiny, tmp_path, "--methods", "kd") == 0
+    first = read_record(kd_record(tmp_path))
+    assert len(first["config_hash"]) == 16
+    # Same configuration: skipped, the record untouched.
+    assert cli(tiny, tmp_path, "--methods", "kd") == 0
+    assert read_record(kd_record(tmp_path))["run_id"] == first["run_id"]
+    # Another temperature: run, and the T=4 record kept as replaced.
+    assert cli(tiny, tmp_path, "--methods", "kd", "--set", "kd.temperature=8") == 0
+    second = read_record(kd_record(tmp_path))
+    assert second["run_id"] != first["run_id"] and second["config"]["temperature"] == 8
+    assert second["config_hash"] != first["config_hash"]
+    assert replaced_path(kd_record(tmp_path), first["run_id"]).is_file()
+    # --force re-runs the same configuration and keeps the record it replaces too.
+    assert cli(tiny, tmp_path, "--methods", "kd", "--set", "kd.temperature=8",
+               "--force") == 0
+    third = read_record(kd_record(tmp_path))
+    assert third["config_hash"] == second["config_hash"]
+    assert replaced_path(kd_record(tmp_path), second["run_id"]).is_file()
+    board = pd.read_csv(tmp_path / "results" / "leaderboard" / "tiny-digits_smoke.csv")
+    assert board.loc[board["method"] == "kd", "n"].tolist() == [1]
+
+
+def test_checkpoints_are_keyed_by_configuration(tiny, tmp_path):
+    from benchmarks.config import load_suite
+    from benchmarks.runner import Harness
+
+    def workdir(**overrides):
+        harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "r",
+                          cache_dir=tmp_path / "cache", method_overrides=overrides,
+                          measure_latency=False, progress=False)
+        method = harness.build_method("kd")
+        pair = harness.budget.pairs[0]
+        _, info = harness.teacher(pair, 0)
+        return harness, method, pair, info, harness._workdir(method, pair, 0, info)
+
+    *_, t4 = workdir()
+    harness, method, pair, info, t8 = workdir(kd={"temperature": 8})
+    assert t4 != t8  # a T=8 run never resumes a killed T=4 run's checkpoints
+    (t8 / "config_hash").write_text("0" * 16)  # a folder that claims another configuration
+    with pytest.raises(ConfigError, match=r"holds checkpoints of configuration 0{16}"):
+        harness._workdir(method, pair, 0, info)
+
+
+def test_one_failed_run_does_not_stop_the_others(tiny, tmp_path, monkeypatch, capsys):
+    def diverge(self, ctx):
+        raise TrainingError("loss became nan at epoch 1, step 3")
+
+    monkeypatch.setattr(lookup(METHODS, "kd"), "run", diverge)
+    code = cli(tiny, tmp_path, "--methods", "kd,scratch")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "1 of 2 runs failed" in err and "kd resnet8->resnet8 seed 0" in err
+    assert "loss became nan" in err
+    # scratch ran after kd failed, and the board has both: scratch with its number, kd failed.
+    board = pd.read_csv(tmp_path / "results" / "leaderboard" / "tiny-digits_smoke.csv")
+    rows = board.set_index("method")
+    assert rows.loc["scratch", "status"] == "ok" and rows.loc["scratch", "n"] == 1
+    assert rows.loc["kd", "status"] == "failed" and pd.isna(rows.loc["kd", "metric_mean"])
+    assert "loss became nan" in rows.loc["kd", "notes"]
+
+
+def test_runs_failed_error_lists_every_failure():
+    exc = RunsFailedError(["kd a->b seed 0: boom", "lma a->b seed 1: bang"], 10)
+    assert "2 of 10 runs failed" in str(exc) and "boom" in str(exc) and "bang" in str(exc)
