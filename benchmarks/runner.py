@@ -7,6 +7,7 @@ process) -> run record JSON (atomic) -> leaderboard CSV aggregated from the reco
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -15,7 +16,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from torch import nn
 
 from benchmarks import distributed
@@ -307,14 +309,40 @@ class Harness:
         try:
             teacher, teacher_info = self.teacher(pair, self.budget.teacher_seed_for(seed))
             workdir = self._workdir(method, pair, seed, teacher_info)
-            return self._run_one(method, pair, seed, workdir, teacher, teacher_info,
-                                 train_split, test_split)
+            with self._run_lock(workdir, f"{method.name} {pair.label} seed {seed}") as waited:
+                if waited and not self.stale_records(method, pair, seed):
+                    log.info("  the identical run in another process wrote its record; "
+                             "reusing it")
+                    return []
+                return self._run_one(method, pair, seed, workdir, teacher, teacher_info,
+                                     train_split, test_split)
         except Exception as exc:  # not KeyboardInterrupt: a killed run is resumed, not failed
             if world.primary:
                 self._record_failure(method.name, pair, seed, exc)
             if isinstance(exc, TrainingError):
                 raise TrainingError(f"method {method.name!r}, {exc}") from exc
             raise
+
+    @contextlib.contextmanager
+    def _run_lock(self, workdir: Path, what: str) -> Iterator[bool]:
+        """One process at a time runs a configuration (an OS lock, freed if its holder
+        dies); yields whether it had to wait for another process running the same."""
+        if distributed.current().distributed:  # the ranks of one run share it
+            yield False
+            return
+        lock = FileLock(f"{workdir}.lock")
+        try:
+            lock.acquire(timeout=0)
+            waited = False
+        except Timeout:
+            log.info("  %s is being run by another process; waiting for it (lock %s)",
+                     what, lock.lock_file)
+            lock.acquire()
+            waited = True
+        try:
+            yield waited
+        finally:
+            lock.release()
 
     def _workdir(self, method: Method, pair: Pair, seed: int, teacher_info: TeacherInfo) -> Path:
         """The run's checkpoint folder, keyed by its configuration hash: a killed run is
@@ -416,15 +444,20 @@ class Harness:
             seed_everything(seed)
             return build_model(pair.teacher, num_classes=self.data.num_classes).to(self.device)
 
+        # Teacher training checkpoints every epoch like a student's: a killed run resumes it.
+        workdir = self.cache_dir / "work" / f"teacher-{pair.teacher}-{key[:16]}"
+
         def train(model: nn.Module) -> None:
             log.info("training teacher %s (seed %d); it is cached for later runs",
                      pair.teacher, seed)
+            if not self.resume and distributed.current().primary:
+                shutil.rmtree(workdir, ignore_errors=True)
             loader = make_loader(self.data, train_split, train=True, seed=seed,
                                  batch_size=recipe.batch_size, device=self.device,
                                  channels_last=recipe.channels_last_on(self.device))
             fit(model, lambda b, logits: F.cross_entropy(logits, b.y), loader, recipe,
                 device=self.device, desc=f"teacher {pair.teacher} seed{seed}",
-                progress=self.progress)
+                progress=self.progress, checkpoint=workdir / "fit.ckpt")
 
         def score(model: nn.Module) -> dict[str, float]:
             loader = make_loader(self.data, test_split, train=False, seed=seed,
@@ -433,6 +466,8 @@ class Harness:
             return evaluate(model, loader, self.device)
 
         model, info = self.teachers.get(pair.teacher, key, build, train, score)
+        if info.source == "trained" and distributed.current().primary:
+            shutil.rmtree(workdir, ignore_errors=True)  # the cached teacher replaces it
         return model.eval(), info
 
     # ---- measurement ------------------------------------------------------------------

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -289,16 +290,24 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch:
           step: int, outside: Sequence[torch.Tensor] = ()) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "epoch": epoch, "step": step, "outside": [p.detach() for p in outside]}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temp name: two processes saving into one folder never share a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         torch.save(state, tmp)
         os.replace(tmp, path)  # a reader sees the previous checkpoint or this one, never half
-    except OSError as exc:  # read-only or full disk: the previous checkpoint stays as it was
-        tmp.unlink(missing_ok=True)
-        raise TrainingError(f"could not write checkpoint {path} ({exc.strerror or exc}); "
-                            "free space or make the cache directory writable, then re-run "
-                            "to resume from the previous checkpoint") from exc
+    except (OSError, RuntimeError) as exc:
+        # Read-only or full disk (torch.save reports a full disk as a RuntimeError from its
+        # zip writer): the previous checkpoint stays as it was.
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TrainingError(f"could not write checkpoint {path} ({why}); free space or make "
+                            "the cache directory writable, then re-run to resume from the "
+                            "previous checkpoint") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _resume(

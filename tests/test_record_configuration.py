@@ -165,3 +165,110 @@ def test_one_failed_run_does_not_stop_the_others(tiny, tmp_path, monkeypatch, ca
 def test_runs_failed_error_lists_every_failure():
     exc = RunsFailedError(["kd a->b seed 0: boom", "lma a->b seed 1: bang"], 10)
     assert "2 of 10 runs failed" in str(exc) and "boom" in str(exc) and "bang" in str(exc)
+
+
+def test_teacher_training_resumes_from_its_last_epoch(tiny, tmp_path, monkeypatch):
+    from benchmarks import train
+    from benchmarks.config import load_suite
+    from benchmarks.runner import Harness
+
+    suite = load_suite(str(tiny))
+    budget = suite.budget("smoke")
+    recipe = budget.teacher_recipe.replace(epochs=3)
+    suite = dataclasses.replace(suite, budgets={"smoke": dataclasses.replace(
+        budget, teacher_train=recipe)})
+
+    def harness():
+        return Harness(suite, "smoke", results_dir=tmp_path / "r", cache_dir=tmp_path / "cache",
+                       measure_latency=False, progress=False)
+
+    real_save, starts = train._save, []
+
+    def killed_after_epoch_1(path, model, optimizer, epoch, *args, **kwargs):
+        real_save(path, model, optimizer, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    real_resume = train._resume
+
+    def resume(*args, **kwargs):
+        start = real_resume(*args, **kwargs)
+        starts.append(start[0])
+        return start
+
+    monkeypatch.setattr(train, "_resume", resume)
+    monkeypatch.setattr(train, "_save", killed_after_epoch_1)
+    pair = budget.pairs[0]
+    with pytest.raises(KeyboardInterrupt):
+        harness().teacher(pair, 0)
+    monkeypatch.setattr(train, "_save", real_save)
+    _, info = harness().teacher(pair, 0)
+    assert starts == [0, 1]  # the second training began at epoch 1 of 3, not at the start
+    assert info.source == "trained"
+    assert not list((tmp_path / "cache" / "work").glob("teacher-*/fit.ckpt"))
+
+
+def test_a_checkpoint_save_onto_a_full_disk_is_a_clear_error_and_leaves_no_temp(
+        tmp_path, monkeypatch):
+    import torch
+
+    from benchmarks import train
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = tmp_path / "fit.ckpt"
+    train._save(ckpt, model, optimizer, 1, 4)
+    before = ckpt.read_bytes()
+    temps = []
+
+    def full_disk(obj, f, *a, **k):
+        temps.append(f)
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    for _ in range(2):
+        with pytest.raises(TrainingError, match=rf"could not write checkpoint {ckpt}.*free space"):
+            train._save(ckpt, model, optimizer, 2, 8)
+    assert ckpt.read_bytes() == before  # the last good checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.ckpt"]  # no temp left
+    assert temps[0] != temps[1]  # each save its own temp name: concurrent saves never collide
+
+
+def test_an_identical_run_in_another_process_is_waited_for_and_reused(tiny, tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    from benchmarks.config import load_suite
+    from benchmarks.runner import Harness
+
+    assert cli(tiny, tmp_path, "--methods", "kd") == 0  # the record the other run writes
+    record = read_record(kd_record(tmp_path))
+    harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "results",
+                      cache_dir=tmp_path / "cache", measure_latency=False, progress=False)
+    method, pair = harness.build_method("kd"), harness.budget.pairs[0]
+    _, info = harness.teacher(pair, 0)
+    workdir = harness._workdir(method, pair, 0, info)
+    # Another process is running the same configuration: it holds the run's lock.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from filelock import FileLock\n"
+        f"lock = FileLock({str(workdir)!r} + '.lock'); lock.acquire()\n"
+        "print('held', flush=True); sys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        paths=harness.run_one(method, pair, 0)))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive()  # waiting for the lock, not training into the same folder
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    holder.wait(timeout=30)
+    waiter.join(timeout=60)
+    assert result["paths"] == []  # the other process's record is reused, not run again
+    assert read_record(kd_record(tmp_path))["run_id"] == record["run_id"]
+    assert not FileLock(f"{workdir}.lock").is_locked
