@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import logging
 import math
 import signal
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="rewrite the baselines (3 seeds) and show what changed")
     regress.add_argument("--reuse", action="store_true",
                          help="compare the records already in --results-dir, run nothing")
+    regress.add_argument("--allow-fewer-seeds", action="store_true",
+                         help="let --update rewrite rows from fewer seeds than the baseline "
+                         "has (their tolerances shrink)")
     regress.add_argument("--baselines", type=Path, default=Path("results/baselines"))
     regress.add_argument("--results-dir", type=Path, default=Path("results/regress"))
     regress.add_argument("--cache-dir", type=Path, default=None)
@@ -188,6 +192,12 @@ def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict
     (the last two only where the suite's dataset has such a setting)."""
     overrides: dict[str, Any] = {}
     if args.data_root:
+        from benchmarks.registry import DATASETS, lookup
+
+        kind = suite.dataset.get("type", "")
+        if "root" not in inspect.signature(lookup(DATASETS, kind)).parameters:
+            raise ConfigError(f"--data-root does not apply to suite {suite.name!r}: its dataset "
+                              f"{kind!r} is not read from a folder; leave the flag out")
         overrides["root"] = args.data_root
     if args.no_download and "download" in suite.dataset:
         overrides["download"] = False
@@ -259,6 +269,15 @@ def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | Non
     out.print(render_table(board, title=f"{suite} · {budget}", metrics=metrics))
     console.print(f"leaderboard written to {path}")
     return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    runs = Path(args.results_dir) / "runs" / args.suite
+    if args.suite not in known_suites() and not runs.is_dir():
+        # neither a suite of the project nor one whose records are here (a custom suite file)
+        raise KdbenchError(f"unknown suite {args.suite!r}: no records under {runs}; known "
+                           f"suites: {', '.join(known_suites())}")
+    return show_leaderboard(args.suite, args.budget, args.results_dir, args.csv)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -352,7 +371,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     passed, report = regress(suites, args.baselines, args.results_dir,
                              args.cache_dir or default_cache_dir(), update=args.update,
-                             reuse=args.reuse, methods=methods)
+                             reuse=args.reuse, methods=methods,
+                             allow_fewer_seeds=args.allow_fewer_seeds)
     print(report)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
@@ -385,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-    handlers = {"run": cmd_run, "leaderboard": lambda a: show_leaderboard(
-        a.suite, a.budget, a.results_dir, a.csv), "compare": cmd_compare, "list": cmd_list,
+    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+        "list": cmd_list,
         "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method,
         "sweep": cmd_sweep, "claims": cmd_claims}
     # SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: no record, the

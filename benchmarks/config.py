@@ -39,9 +39,17 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"in {where}; allowed keys: {', '.join(sorted(fields))}"
         )
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and name not in data]
+    if required:
+        raise ConfigError(f"{where} lacks required key{'s' if len(required) > 1 else ''} "
+                          f"{', '.join(map(repr, required))}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a value its own check refuses: say where it was set
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -113,8 +121,9 @@ class TrainRecipe:
     def __post_init__(self) -> None:
         if self.schedule not in ("multistep", "cosine"):
             raise ConfigError(f"schedule must be 'multistep' or 'cosine', got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be positive")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
 
     def channels_last_on(self, device: torch.device) -> bool:
         """Whether the loop trains (and the loaders feed) channels_last on ``device``."""
@@ -260,7 +269,11 @@ def load_suite(name_or_path: str) -> SuiteConfig:
         path = SUITES_DIR / f"{name_or_path}.py"
     elif not path.is_file():
         raise ConfigError(f"suite config {path} does not exist")
-    raw = Config.fromfile(str(path)).to_dict()
+    try:
+        raw = Config.fromfile(str(path)).to_dict()
+    except SyntaxError as exc:
+        raise ConfigError(f"suite file {path} is not valid Python: {exc.msg} (line {exc.lineno})"
+                          ) from exc
     return suite_from_dict(raw, where=str(path))
 
 

@@ -25,6 +25,7 @@ pinned kernels (not x86-64, or no AVX2) needs baselines of its own ISA, made the
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +241,8 @@ def of_methods(frame: pd.DataFrame, methods: list[str] | None) -> pd.Series:
 
 def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir: Path, *,
             update: bool = False, reuse: bool = False,
-            methods: list[str] | None = None) -> tuple[bool, str]:
+            methods: list[str] | None = None,
+            allow_fewer_seeds: bool = False) -> tuple[bool, str]:
     """Run (unless ``reuse``) and compare, or rewrite the baselines with ``update``.
 
     ``methods`` limits both to those methods' rows: an update then replaces only their rows
@@ -264,14 +266,16 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
         every_isa = read_baseline(path) if path.exists() else current.iloc[0:0]
         old = every_isa[every_isa[ISA] == isa]
         if update:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = old[of_methods(old, suite_methods)]
+            if not allow_fewer_seeds:
+                refuse_fewer_seeds(kept, current, path)
             replaced = (every_isa[ISA] == isa) & of_methods(every_isa, suite_methods)
             merged = pd.concat([every_isa[~replaced], current]).sort_values(
                 [*KEY, ISA], ignore_index=True)
-            merged.to_csv(path, index=False, float_format=f"%.{CSV_DIGITS}g")
+            write_baseline(merged, path)
             reports.append(f"### {suite}: baseline rewritten for ISA {isa} ({path})\n\n"
-                           + markdown_report(compare(old[of_methods(old, suite_methods)],
-                                                     current), update=True))
+                           + markdown_report(compare(kept, current), update=True)
+                           + tolerance_changes(kept, current))
             continue
         if not path.exists():
             passed = False
@@ -289,6 +293,51 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
         passed &= all(c.ok for c in checks)
         reports.append(f"### {suite} (ISA {isa})\n\n" + markdown_report(checks))
     return passed, "\n".join(reports)
+
+
+def refuse_fewer_seeds(baseline: pd.DataFrame, current: pd.DataFrame, path: Path) -> None:
+    """An update from fewer seeds than the baseline has would shrink its tolerances (a
+    1-seed row has no std): refused unless asked for."""
+    both = baseline.set_index(KEY)[["n_seeds"]].join(
+        current.set_index(KEY)[["n_seeds"]].rename(columns={"n_seeds": "n_seeds_now"}),
+        how="inner")
+    fewer = both[both["n_seeds_now"] < both["n_seeds"]]
+    if not fewer.empty:
+        rows = ", ".join(f"{k[-1]} ({int(r.n_seeds)} -> {int(r.n_seeds_now)} seeds)"
+                         for k, r in fewer.iterrows())
+        raise KdbenchError(f"--update would rewrite {path} from fewer seeds than it has: {rows}; "
+                           "the accuracy tolerance comes from the seeds' std. Run the update "
+                           "without --reuse (it runs 3 seeds), or pass --allow-fewer-seeds")
+
+
+def tolerance_changes(baseline: pd.DataFrame, current: pd.DataFrame) -> str:
+    """The accuracy tolerances an update changes (they come from the seed std)."""
+    base, now = baseline.set_index(KEY), current.set_index(KEY)
+    lines = []
+    for key in sorted(set(base.index) & set(now.index)):
+        before, after = accuracy_tolerance(base.loc[key]), accuracy_tolerance(now.loc[key])
+        if abs(before - after) >= 0.005:
+            lines.append(f"| {key[2]}→{key[3]} | {key[-1]} | ±{before:.2f} pp | "
+                         f"±{after:.2f} pp |")
+    if not lines:
+        return "\nAccuracy tolerances: unchanged.\n"
+    return ("\nAccuracy tolerances changed by the update:\n\n| pair | method | before | after |\n"
+            "|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def write_baseline(frame: pd.DataFrame, path: Path) -> None:
+    """Replace the baseline CSV atomically; a read-only folder is a clear error."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(tmp, index=False, float_format=f"%.{CSV_DIGITS}g")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KdbenchError(f"cannot write the baseline {path}: {exc.strerror or exc}; the "
+                           "baselines folder must be writable (nothing there was changed)"
+                           ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_baseline(path: Path) -> pd.DataFrame:

@@ -147,7 +147,13 @@ class TeacherCache:
             with self._lock(path):
                 # Checked under the lock: a job that waited finds the file its peer wrote.
                 if distributed.broadcast_flag(path.is_file()):
-                    load_state_dict(model, path, arch)
+                    try:
+                        load_state_dict(model, path, arch)
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            f"the cached teacher {path} is unreadable (a cache entry kdbench "
+                            f"wrote, e.g. truncated by a full disk): delete it, and its .json "
+                            f"beside it, to train the teacher again ({exc})") from exc
                     result = model, self._info(arch, path, model, evaluate, "cache")
                 else:
                     train(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,150 @@ def test_methods_flag_naming_no_method_is_refused_not_everything(capsys):
 
     assert main(["run", "--suite", "digits", "--methods", ","]) == 2
     assert "--methods names no method" in capsys.readouterr().err
+
+
+# ---- suite files, flags and caches: each a message naming what is wrong, never a traceback --
+@pytest.mark.parametrize("content, says", [
+    ("metric = 'top1'\ndataset = dict(type='digits')\n", "bad.py lacks required key 'name'"),
+    ("name = 'x'\n", "bad.py lacks required key 'dataset'"),
+    ("name = 'x'\ndataset = dict(type='digits'\n",
+     "bad.py is not valid Python: '(' was never closed (line 2)"),
+    ("name = 'x'\ndataset = dict(type='digits')\nbudgets = dict(smoke=dict(pairs=[('resnet8', "
+     "'resnet8')], train=dict(epochs=-3)))\n",
+     "bad.py.budgets.smoke.train: epochs must be a positive integer, got -3"),
+])
+def test_a_broken_suite_file_is_named_with_what_is_wrong(tmp_path, capsys, content, says):
+    from benchmarks.cli import main
+
+    suite = tmp_path / "bad.py"
+    suite.write_text(content)
+    assert main(["run", "--suite", str(suite), "--methods", "kd", "--results-dir",
+                 str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert _unwrapped(says) in _unwrapped(err), err
+    assert not (tmp_path / "r").exists()
+
+
+def _unwrapped(text: str) -> str:
+    """``text`` without whitespace: rich wraps a long message anywhere, even in a word."""
+    return "".join(text.split())
+
+
+def _cli_err(capsys, *args) -> tuple[int, str]:
+    from benchmarks.cli import main
+
+    code = main(list(args))
+    return code, _unwrapped(capsys.readouterr().err)
+
+
+def test_data_root_on_a_suite_without_a_folder_blames_the_flag(tmp_path, capsys):
+    code, err = _cli_err(capsys, "run", "--suite", "digits", "--methods", "kd", "--data-root",
+                         str(tmp_path), "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and _unwrapped("--data-root does not apply to suite 'digits'") in err
+
+
+def test_leaderboard_of_an_unknown_suite_says_unknown_suite(tmp_path, capsys):
+    code, err = _cli_err(capsys, "leaderboard", "--suite", "nosuch", "--results-dir",
+                         str(tmp_path))
+    assert code == 2 and _unwrapped("unknown suite 'nosuch'") in err and "digits" in err
+
+
+def test_teacher_checkpoint_for_an_architecture_the_suite_does_not_use_is_refused(
+        tmp_path, capsys):
+    ckpt = tmp_path / "vgg8.pt"
+    ckpt.write_bytes(b"")
+    code, err = _cli_err(capsys, "run", "--suite", "digits", "--methods", "kd",
+                         "--teacher-ckpt", f"vgg8={ckpt}", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and _unwrapped("--teacher-ckpt names vgg8") in err
+    assert _unwrapped("its teachers: resnet14") in err
+
+
+def test_a_corrupt_cached_teacher_is_named_as_a_cache_entry(tmp_path):
+    from benchmarks.errors import ConfigError
+    from benchmarks.registry import build_model
+    from benchmarks.teachers import TeacherCache
+
+    cache = TeacherCache(tmp_path)
+    key = "f" * 64
+    path = cache.dir / f"resnet8-{key[:16]}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(build_model("resnet8", 10).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:500])  # truncated, e.g. by a full disk
+    with pytest.raises(ConfigError, match=r"cached teacher .* is unreadable .*delete it") as err:
+        cache.get("resnet8", key, lambda: build_model("resnet8", 10), lambda m: None,
+                  lambda m: {"top1": 0.0, "top5": 0.0})
+    assert str(path) in str(err.value)
+
+
+@pytest.fixture()
+def one_seed_results(tmp_path):
+    from test_results import make_record
+
+    from benchmarks.results import write_record
+
+    out = tmp_path / "results"
+    for method, acc in (("kd", 71.0), ("scratch", 69.0)):
+        record = make_record(method, 0, acc)
+        record.test_images = 1000
+        record.environment = {"aten_cpu_capability": "AVX2"}
+        write_record(record, out)
+    return out
+
+
+def _three_seed_baseline(tmp_path, results):
+    from test_results import make_record
+
+    from benchmarks.cli import main
+    from benchmarks.results import write_record
+
+    three = tmp_path / "three"
+    for method, accs in (("kd", (71.0, 60.0, 80.0)), ("scratch", (69.0, 69.5, 68.5))):
+        for seed, acc in enumerate(accs):
+            record = make_record(method, seed, acc)
+            record.test_images = 1000
+            record.environment = {"aten_cpu_capability": "AVX2"}
+            write_record(record, three)
+    baselines = tmp_path / "baselines"
+    assert main(["regress", "--suites", "cifar100", "--reuse", "--update", "--results-dir",
+                 str(three), "--baselines", str(baselines)]) == 0
+    return baselines
+
+
+def test_regress_update_from_fewer_seeds_is_refused_unless_asked(tmp_path, capsys,
+                                                                 one_seed_results):
+    from benchmarks.cli import main
+
+    baselines = _three_seed_baseline(tmp_path, one_seed_results)
+    before = (baselines / "cifar100_smoke.csv").read_bytes()
+    capsys.readouterr()
+    args = ["regress", "--suites", "cifar100", "--reuse", "--update", "--results-dir",
+            str(one_seed_results), "--baselines", str(baselines)]
+    assert main(args) == 2
+    err = _unwrapped(capsys.readouterr().err)
+    assert _unwrapped("fewer seeds than it has: kd (3 -> 1 seeds)") in err
+    assert "--allow-fewer-seeds" in err
+    assert (baselines / "cifar100_smoke.csv").read_bytes() == before
+    # Asked for: done, and the shrinking tolerance is in the diff.
+    assert main([*args, "--allow-fewer-seeds"]) == 0
+    out = capsys.readouterr().out
+    assert "Accuracy tolerances changed by the update" in out
+    assert re.search(r"\| kd \| ±\d+\.\d\d pp \| ±0\.10 pp \|", out), out
+
+
+def test_regress_update_onto_read_only_baselines_is_a_clear_error(tmp_path, capsys,
+                                                                  monkeypatch, one_seed_results):
+    import errno
+
+    import pandas as pd
+
+    baselines = tmp_path / "baselines"
+
+    def read_only(self, path, *args, **kwargs):  # as a read-only folder answers, even to root
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", read_only)
+    code, err = _cli_err(capsys, "regress", "--suites", "cifar100", "--reuse", "--update",
+                         "--results-dir", str(one_seed_results), "--baselines", str(baselines))
+    assert code == 2
+    assert _unwrapped("cannot write the baseline") in err and _unwrapped("Permission denied") in err
+    assert not list(baselines.glob("*"))  # nothing half-written
