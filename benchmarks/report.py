@@ -23,6 +23,7 @@ from markupsafe import Markup
 from matplotlib.ticker import EngFormatter, NullFormatter
 
 from benchmarks import claims as claim_tables
+from benchmarks.errors import KdbenchError
 
 PAIR = ["teacher", "student"]
 SYNTHETIC_LABEL = "SYNTHETIC data (generated stand-in): not comparable with dataset numbers"
@@ -267,10 +268,15 @@ def write_report(board: pd.DataFrame, out_dir: Path, suite: str, budget: str,
                  claims: pd.DataFrame | None = None) -> list[Path]:
     """Markdown + HTML + plots into ``out_dir``, with the paper-claims table after the board
     when ``claims`` (a ``benchmarks.claims.claims_frame``) is given; returns what was written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "leaderboard.md", out_dir / "index.html"
     extra_md = "" if claims is None else "\n" + claim_tables.markdown(claims, suite, budget)
-    md.write_text(markdown(board, suite, budget) + extra_md)
-    page.write_text(html_page(board, suite, budget, "" if claims is None
-                              else claim_tables.html(claims, suite, budget)))
-    return [md, page, *pareto_plots(board, out_dir / "plots", suite, budget)]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        md.write_text(markdown(board, suite, budget) + extra_md)
+        page.write_text(html_page(board, suite, budget, "" if claims is None
+                                  else claim_tables.html(claims, suite, budget)))
+        return [md, page, *pareto_plots(board, out_dir / "plots", suite, budget)]
+    except OSError as exc:
+        raise KdbenchError(f"cannot write the report into {out_dir}: {exc.strerror or exc} "
+                           f"({exc.filename or out_dir}); pass --out a writable folder"
+                           ) from exc

@@ -356,3 +356,24 @@ def test_regress_update_onto_read_only_baselines_is_a_clear_error(tmp_path, caps
     assert code == 2
     assert _unwrapped("cannot write the baseline") in err and _unwrapped("Permission denied") in err
     assert not list(baselines.glob("*"))  # nothing half-written
+
+
+def test_report_into_an_unwritable_folder_is_a_clear_error(tmp_path, capsys, monkeypatch,
+                                                           one_seed_results):
+    import errno
+    from pathlib import Path as _Path
+
+    out = tmp_path / "report"
+    real_write = _Path.write_text
+
+    def read_only(self, *args, **kwargs):
+        if out in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Path, "write_text", read_only)
+    code, err = _cli_err(capsys, "report", "--suite", "cifar100", "--results-dir",
+                         str(one_seed_results), "--out", str(out))
+    assert code == 2
+    assert _unwrapped(f"cannot write the report into {out}: Permission denied") in err
+    assert "--out" in err
