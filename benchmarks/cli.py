@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra evaluators to run on every returned model besides the "
                      "suite's, e.g. robust (PGD-20 robust accuracy)")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--wide", action="store_true", help="print every leaderboard column")
 
     board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
     board.add_argument("--suite", default="cifar100")
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--results-dir", type=Path, default=Path("results"))
     board.add_argument("--csv", type=Path, help="where to write the CSV "
                        "(default: RESULTS/leaderboard/SUITE_BUDGET.csv)")
+    board.add_argument("--wide", action="store_true", help="print every column (data, pair, "
+                       "labels, all speed-ups, notes)")
 
     compare = sub.add_parser("compare", help="Welch test between two methods, per pair")
     compare.add_argument("a")
@@ -239,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The runs that succeeded are on the board before the failures are reported.
         if _primary() and load_records(args.results_dir, suite.name, args.budget):
             show_leaderboard(suite.name, args.budget, args.results_dir,
-                             metrics=suite.table_metrics)
+                             metrics=suite.table_metrics, wide=args.wide)
         raise
     finally:
         console.print(f"{plan.total} runs in {_duration(time.perf_counter() - started)} "
@@ -247,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not _primary():  # under torchrun: rank 0 wrote the records and reports them
         return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
-                            metrics=suite.table_metrics)
+                            metrics=suite.table_metrics, wide=args.wide)
 
 
 def _duration(seconds: float) -> str:
@@ -257,16 +260,18 @@ def _duration(seconds: float) -> str:
 
 
 def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,
-                     metrics: tuple[str, ...] | None = None) -> int:
-    """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's)."""
+                     metrics: tuple[str, ...] | None = None, wide: bool = False) -> int:
+    """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's);
+    ``wide``: every column (data, pair, labels, all speed-ups, notes)."""
     from benchmarks.results import rebuild_leaderboard, render_table
 
     # Under a lock: concurrent runs/jobs rebuilding it at once never lose a record.
     board, path = rebuild_leaderboard(results_dir, suite, budget, csv)
-    out = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping
+    # A log or pipe gets the 100 columns the compact table fits (the wide one: 200).
+    out = Console() if sys.stdout.isatty() else Console(width=200 if wide else 100)
     if metrics is None:
         metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
-    out.print(render_table(board, title=f"{suite} · {budget}", metrics=metrics))
+    out.print(render_table(board, title=f"{suite} · {budget}", metrics=metrics, wide=wide))
     console.print(f"leaderboard written to {path}")
     return 0
 
@@ -277,7 +282,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         # neither a suite of the project nor one whose records are here (a custom suite file)
         raise KdbenchError(f"unknown suite {args.suite!r}: no records under {runs}; known "
                            f"suites: {', '.join(known_suites())}")
-    return show_leaderboard(args.suite, args.budget, args.results_dir, args.csv)
+    return show_leaderboard(args.suite, args.budget, args.results_dir, args.csv,
+                            wide=args.wide)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

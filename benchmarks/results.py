@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 from filelock import FileLock
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -401,8 +402,10 @@ def _add_tied_with_best(board: pd.DataFrame, runs: pd.DataFrame) -> None:
     flags: list[bool | None] = [None] * len(board)
     pair_keys = GROUP[:-1]
     for _, grp in board.groupby(pair_keys, sort=False, dropna=False):
-        # rows without a metric (a failed int8 deployment) are never the best
-        candidates = grp[(grp["method"] != "teacher") & grp["metric_mean"].notna()]
+        # rows without a metric (a failed int8 deployment) are never the best, nor is a
+        # single-seed row: with n = 1 there is no spread to be best or tied with
+        candidates = grp[(grp["method"] != "teacher") & grp["metric_mean"].notna()
+                         & (grp["n"] >= 2)]
         if candidates.empty:
             continue
         best = candidates.loc[candidates["metric_mean"].idxmax()]
@@ -476,50 +479,85 @@ TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cpu_compiled_t1_b1", "speedup_cu
 TABLE_METRICS_WHEN_PRESENT = ("robust_top1",)
 
 
-def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = ()) -> Table:
-    """A readable terminal table of a leaderboard (rich); the CSV has every column.
+def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = (),
+                 wide: bool = False) -> Table:
+    """A terminal table of a leaderboard (rich) that fits 100 columns; the CSV has every column.
 
+    Compact by default: the data source and pair go to the title when the board has one of
+    each, one speed-up column (1 thread, batch 1), no labels or notes. ``wide`` adds them all.
     ``metrics`` names further metrics (besides the headline) to show as mean columns.
+    Marks: ``best`` the best row of its pair (n >= 2), ``≈best`` tied with it (Welch),
+    ``≈`` after a Δ: tied with the reference.
     """
-    table = Table(title=title, show_lines=False)
+    sources = board["data_source"].dropna().unique()
+    pairs = board[["teacher", "student"]].drop_duplicates()
+    show_pair = wide or len(pairs) > 1
+    show_source = wide or len(sources) > 1
+    if not show_pair and len(pairs):
+        title = f"{title} · {pairs.iloc[0]['teacher']}→{pairs.iloc[0]['student']}"
+    if not show_source and len(sources):
+        title = f"{title} · {sources[0]} data"
     speed_cols = [c for c in board.columns if c in TABLE_SPEEDUPS or (
-        c.startswith(("speedup_cpu_t", "speedup_cpu_compiled_t")) and c.endswith("_b64")
-        and c not in ("speedup_cpu_t1_b64", "speedup_cpu_compiled_t1_b64"))]
+        wide and c.startswith(("speedup_cpu_t", "speedup_cpu_compiled_t"))
+        and c.endswith(("_b1", "_b64")))]
+    speed_cols = list(dict.fromkeys(speed_cols if wide else [
+        c for c in TABLE_SPEEDUPS if c in board.columns and board[c].notna().any()][:1]))
     extra = [m for m in dict.fromkeys((*metrics, *TABLE_METRICS_WHEN_PRESENT))
              if f"{m}_mean" in board.columns]
-    for col in ["data", "pair", "method", "n", "metric (mean ± std)", *extra, "Δ vs ref", "params×",
-                "MACs×", *[c.removeprefix("speedup_").replace("_", " ") + " speed-up"
-                           for c in speed_cols], "notes"]:
-        table.add_column(col, overflow="fold")
-    best = {}
-    for idx, r in board.iterrows():
-        key = tuple(r[k] for k in GROUP[:-1])
-        if r["method"] != "teacher" and r.get("status", "ok") == "ok" and (key not in best or
-                                         r["metric_mean"] > board.loc[best[key], "metric_mean"]):
-            best[key] = idx
-    for idx, r in board.iterrows():
+    metric_name = board["metric_name"].dropna().iloc[0] if board["metric_name"].notna().any() \
+        else "metric"
+    caption = "" if wide else "; ".join(filter(None, (
+        speed_cols and "speed-up: teacher latency / model latency, "
+        + speed_cols[0].removeprefix("speedup_").replace("_", " "),
+        "≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
+    table = Table(title=title.strip(" ·"), caption=caption or None, box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1), show_lines=False)
+    headers = [*(["data"] if show_source else []), *(["pair"] if show_pair else []),
+               "method", "n", f"{metric_name} ± std", *extra, "Δ vs ref",
+               "params×", "MACs×",
+               *(["speed-up"] if speed_cols and not wide else
+                 [c.removeprefix("speedup_").replace("_", " ") + " ×" for c in speed_cols]),
+               *(["notes"] if wide else [])]
+    for col in headers:
+        # Numbers never wrap; a method name folds onto at most two lines (the longest,
+        # e.g. robust_prune_kd:magnitude_adv_ft, is 32 characters), a note as it must.
+        table.add_column(col, overflow="fold", no_wrap=col not in ("method", "notes"),
+                         min_width=17 if col == "method" else None)
+    for _, r in board.iterrows():
+        lead = [*([r["data_source"]] if show_source else []),
+                *([f"{r['teacher']}→{r['student']}"] if show_pair else [])]
+        method = r["method"] + _deploy_label(r) + (
+            f" [{r['method_label']}]" if wide and r.get("method_label") else "")
         if r.get("status", "ok") == "failed":
-            table.add_row(r["data_source"], f"{r['teacher']}→{r['student']}",
-                          escape(r["method"]), "0", f"failed (seeds {r['seeds']})",
-                          *[""] * (len(table.columns) - 6), escape(r["notes"]))
+            table.add_row(*lead, escape(method), "0", f"failed (seeds {r['seeds']})",
+                          *[""] * (len(headers) - len(lead) - 3 - (1 if wide else 0)),
+                          *([escape(str(r["notes"]))] if wide else []))
             continue
-        metric = f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}"
-        tie = " best" if idx in best.values() else (
-            " (tied best)" if r["tied_with_best"] is True else "")
+        mark = "" if r["tied_with_best"] is not True else (
+            " best" if _is_best(board, r) else " ≈best")
         delta = _fmt(r["delta_vs_reference"], "+.2f")
         if not math.isnan(r["delta_vs_reference"]):
-            delta += f" vs {r['reference']}" + (" (tied)" if r["tied_with_reference"] else "")
+            delta += f" {r['reference']}" + (" ≈" if r["tied_with_reference"] else "")
         table.add_row(
-            r["data_source"], f"{r['teacher']}→{r['student']}",
-            escape(r["method"] + _deploy_label(r)
-                   + (f" [{r['method_label']}]" if r["method_label"] else "")),
-            str(r["n"]), f"{r['metric_name']} {metric}{tie}",
+            *lead, escape(method), str(r["n"]),
+            f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}{mark}",
             *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
-            *[_fmt(r[c], ".2f") + "×" for c in speed_cols],
-            escape("; ".join(filter(None, (_deploy_failure(r), r["notes"])))),
+            *[_fmt(r[c], ".2f") for c in speed_cols],
+            *([escape("; ".join(filter(None, (_deploy_failure(r), str(r["notes"])))))]
+              if wide else []),
         )
     return table
+
+
+def _is_best(board: pd.DataFrame, row: pd.Series) -> bool:
+    """Whether ``row`` is the best (n >= 2, not the teacher) of its comparison group."""
+    same = (board[GROUP[:-1]] == row[GROUP[:-1]]).all(axis=1) & (board["method"] != "teacher")
+    same &= board["n"] >= 2
+    if "status" in board:
+        same &= board["status"].fillna("ok") == "ok"
+    group = board[same]
+    return not group.empty and row["metric_mean"] == group["metric_mean"].max()
 
 
 def _deploy_label(row: pd.Series) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 
@@ -111,3 +112,45 @@ def test_terminal_table_renders_every_row(tmp_path):
     write(tmp_path, make_record("kd", 0), make_record("scratch", 0, 60))
     table = render_table(leaderboard(load_records(tmp_path)))
     assert table.row_count == 2
+
+
+def _rendered(table, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def test_the_terminal_table_fits_100_columns_with_at_most_two_lines_a_row(tmp_path):
+    names = ["teacher", "scratch", "kd", "robust_prune_kd:magnitude_adv_ft",
+             "channel_selection:l1_finetune", "progressive_block_kd:finetuned",
+             "hybrid_lowrank_quant"]
+    for i, name in enumerate(names):
+        for seed in range(3):
+            record = make_record(name, seed, 60.0 + i + seed / 10, reference="scratch")
+            record.method_label = "a long label that only the wide table shows " * 2
+            record.notes = ["a note the wide table shows " * 3]
+            record.metrics["robust_top1"] = 30.0 + i
+            write_record(record, tmp_path)
+    board = leaderboard(load_records(tmp_path))
+    lines = _rendered(render_table(board, title="fashion-mnist · short"), 100)
+    assert max(map(len, lines)) <= 100
+    rule = next(i for i, ln in enumerate(lines) if "───" in ln)  # under the header
+    body = lines[rule + 1:]
+    body = body[:next(i for i, ln in enumerate(body) if not ln.strip())]  # the rows
+    starts = [i for i, ln in enumerate(body) if ln.split()[1:2] == ["3"]]  # n = 3: a row
+    assert len(starts) == len(names)
+    assert all(b - a <= 2 for a, b in zip(starts, [*starts[1:], len(body)], strict=True))
+    assert "resnet56→resnet20" in lines[0] and "real data" in lines[0]  # one pair: the title
+    assert not any("a long label" in ln for ln in lines)
+    wide = "\n".join(_rendered(render_table(board, wide=True), 250))
+    assert "a long label" in wide and "a note the wide table shows" in wide
+
+
+def test_a_single_seed_row_is_never_best_or_tied(tmp_path):
+    write(tmp_path, make_record("kd", 0, 80.0), make_record("scratch", 0, 60.0))
+    board = leaderboard(load_records(tmp_path))
+    assert board["tied_with_best"].isna().all()
+    text = "\n".join(_rendered(render_table(board), 100))
+    assert "best" not in text
