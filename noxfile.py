@@ -3,6 +3,8 @@
 Every session runs in ONE shared environment (``.nox/kdbench``, or ``$KDBENCH_ENV``):
 torch with its CUDA libraries is several GB, so sessions must not each install a copy.
 The environment is created on first use and re-installed only when pyproject.toml changes.
+Only the sessions that run detection (tests, bench-detection, build-mmcv) add the detection
+extra (mmdet + mmcv with compiled ops); the others need no compiler.
 
     nox -s bench-cifar100                 # the main job (smoke budget)
     nox -s bench-cifar100 -- --methods kd,scratch --budget full --seeds 5 --device cuda
@@ -29,26 +31,45 @@ nox.options.sessions = ["tests", "lint"]
 
 ROOT = Path(__file__).parent
 ENV = Path(os.environ.get("KDBENCH_ENV", ROOT / ".nox" / "kdbench"))
-EXTRAS = "test,lint,detection"
+CORE_EXTRAS = "test,lint"
 
 
-def shared_env(session: nox.Session) -> str:
-    """Create or refresh the shared environment and return its python."""
+def _stamp(path: Path, *parts: bytes) -> bool:
+    """Whether ``path`` records exactly these inputs (so the step need not run again)."""
+    wanted = hashlib.sha256(b"".join(parts)).hexdigest()
+    return path.exists() and path.read_text() == wanted
+
+
+def _write_stamp(path: Path, *parts: bytes) -> None:
+    path.write_text(hashlib.sha256(b"".join(parts)).hexdigest())
+
+
+def shared_env(session: nox.Session, detection: bool = False) -> str:
+    """Create or refresh the shared environment and return its python.
+
+    The core (torch, the harness, classification and ReID) needs no compiler. The detection
+    extra (mmdet, and mmcv with compiled ops: a prebuilt wheel, else a ~36 min build from
+    source on 2 cores) is added only for the sessions that run detection (``detection``).
+    """
     python = ENV / "bin" / "python"
-    stamp = ENV / ".kdbench-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()
-                            + (ROOT / "detection" / "build_mmcv.py").read_bytes()).hexdigest()
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    core_stamp = ENV / ".kdbench-installed"
+    detection_stamp = ENV / ".kdbench-detection-installed"
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(ENV), external=True)
-    if not stamp.exists() or stamp.read_text() != wanted:
-        # The core (torch) first: mmcv's compiled ops are chosen/built against that torch,
-        # and must be in place before the detection extra (mmdet) is installed.
-        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[test,lint]",
+    if not _stamp(core_stamp, pyproject, CORE_EXTRAS.encode()):
+        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[{CORE_EXTRAS}]",
                     external=True)
+        _write_stamp(core_stamp, pyproject, CORE_EXTRAS.encode())
+        detection_stamp.unlink(missing_ok=True)  # reinstalled core: check detection again
+    build_script = (ROOT / "detection" / "build_mmcv.py").read_bytes()
+    if detection and not _stamp(detection_stamp, pyproject, build_script):
+        # mmcv's compiled ops are chosen/built against the torch just installed, and must be
+        # in place before mmdet is installed.
         session.run(str(python), "-m", "detection.build_mmcv", "ensure", external=True)
-        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[{EXTRAS}]",
-                    external=True)
-        stamp.write_text(wanted)
+        session.run(str(python), "-m", "pip", "install", "-e",
+                    f"{ROOT}[{CORE_EXTRAS},detection]", external=True)
+        _write_stamp(detection_stamp, pyproject, build_script)
     return str(python)
 
 
@@ -59,7 +80,9 @@ def kdbench(session: nox.Session, *args: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (pytest); extra arguments go to pytest."""
-    session.run(shared_env(session), "-m", "pytest", *session.posargs, external=True)
+    # The whole suite, detection included: the detection extra is installed for it.
+    session.run(shared_env(session, detection=True), "-m", "pytest", *session.posargs,
+                external=True)
 
 
 @nox.session
@@ -142,7 +165,8 @@ def bench_detection(session: nox.Session) -> None:
     Arguments after ``--`` go to ``python -m detection.bench`` (--suite synthetic-coco|coco,
     --budget, --methods, --seeds, --data-root, --cfg-options ...).
     """
-    session.run(shared_env(session), "-m", "detection.bench", *session.posargs, external=True)
+    session.run(shared_env(session, detection=True), "-m", "detection.bench", *session.posargs,
+                external=True)
 
 
 @nox.session(name="build-mmcv")
@@ -151,8 +175,8 @@ def build_mmcv(session: nox.Session) -> None:
 
     ``-- --force`` rebuilds even when a wheel is cached; ``-- --cuda`` builds CUDA kernels.
     """
-    session.run(shared_env(session), "-m", "detection.build_mmcv", "build", *session.posargs,
-                external=True)
+    session.run(shared_env(session, detection=True), "-m", "detection.build_mmcv", "build",
+                *session.posargs, external=True)
 
 
 @nox.session

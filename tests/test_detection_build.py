@@ -66,3 +66,19 @@ def test_this_environment_is_detected_and_has_the_compiled_ops():
     from mmcv import _ext
 
     assert mmcv.__version__ == MMCV_VERSION and hasattr(_ext, "modulated_deform_conv_forward")
+
+
+def test_no_wheel_and_no_compiler_is_one_clear_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(build_mmcv, "ops_available", lambda: False)
+    monkeypatch.setattr(build_mmcv.shutil, "which", lambda name: None)
+    built = []
+    monkeypatch.setattr(build_mmcv, "build", lambda *a, **k: built.append(a))
+    target = Target("cp311", "linux_x86_64", "2.15.0", "cpu")
+    monkeypatch.setattr(build_mmcv, "detect_target", lambda cuda=None: target)
+    assert build_mmcv.main(["ensure", "--wheel-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "neither a prebuilt wheel" in err and target.wheel_name() in err
+    assert "C++ compiler" in err and "apt-get install g++" in err and "--wheel-dir" in err
+    assert "Traceback" not in err and not built  # no pip build started
