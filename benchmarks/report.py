@@ -24,6 +24,7 @@ from matplotlib.ticker import EngFormatter, NullFormatter
 
 from benchmarks import claims as claim_tables
 from benchmarks.errors import KdbenchError
+from benchmarks.results import speedup_cell
 
 PAIR = ["teacher", "student"]
 SYNTHETIC_LABEL = "SYNTHETIC data (generated stand-in): not comparable with dataset numbers"
@@ -77,7 +78,7 @@ def markdown(board: pd.DataFrame, suite: str, budget: str) -> str:
                      f"{_num(r['metric_mean'])} ± {_num(r['metric_std'])}",
                      f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", delta,
                      _flag(r["tied_with_best"]), _num(r["params_ratio"], ".3f"),
-                     _num(r["macs_ratio"], ".3f"), *[_num(r[c]) + "×" for c in speed]]
+                     _num(r["macs_ratio"], ".3f"), *[speedup_cell(r, c) for c in speed]]
             lines.append("| " + " | ".join(claim_tables.md_cell(c) for c in cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -122,7 +123,7 @@ def html_cells(r: pd.Series, board: pd.DataFrame) -> list[tuple[str, object]]:
         (f"{int(r['params']):,}", r["params"]), num(r["params_ratio"], ".3f"),
         (f"{int(r['macs']):,}", r["macs"]), num(r["macs_ratio"], ".3f"),
         *[num(r[c]) for c in extra_metric_columns(board)],
-        *[(_num(r[c]) + "×", num(r[c])[1]) for c in speedup_columns(board)],
+        *[(speedup_cell(r, c), num(r[c])[1]) for c in speedup_columns(board)],
         (r["notes"] or "", r["notes"] or ""),
     ]
 

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.errors import KdbenchError
+from benchmarks.measure.latency import NOISE_ORDER
 from benchmarks.stats import summarize, tied, welch_p
 
 SCHEMA_VERSION = 1
@@ -299,6 +300,10 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             key = latency_key(entry)
             row[f"latency_{key}_ms"] = entry["student"]["stats"]["median_ms"]
             row[f"speedup_{key}"] = entry["speedup"]
+            # the speed-up's 95 % CI over the run's rounds and its noise flag (ok|warn|rerun)
+            row[f"ci_low_speedup_{key}"] = entry.get("speedup_ci_low")
+            row[f"ci_high_speedup_{key}"] = entry.get("speedup_ci_high")
+            row[f"noise_speedup_{key}"] = entry.get("noise", "ok")
         rows.append(row)
     return _one_configuration_per_row(pd.DataFrame(rows))
 
@@ -354,7 +359,16 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 extra = summarize(grp[col].dropna().tolist())
                 row[f"{name}_mean"], row[f"{name}_std"] = extra.mean, extra.std
         for col in sorted(c for c in grp.columns if c.startswith(("latency_", "speedup_"))):
-            row[col] = grp[col].median() if col.startswith("latency_") else grp[col].mean()
+            row[col] = grp[col].median()  # the median over seeds, as within a run
+        # A speed-up's CI: the envelope of its seeds' CIs; its noise flag: the worst seed's
+        # (a `rerun` flag is never averaged away).
+        for col in sorted(c for c in grp.columns if c.startswith("ci_low_speedup_")):
+            row[col] = pd.to_numeric(grp[col], errors="coerce").min()
+        for col in sorted(c for c in grp.columns if c.startswith("ci_high_speedup_")):
+            row[col] = pd.to_numeric(grp[col], errors="coerce").max()
+        for col in sorted(c for c in grp.columns if c.startswith("noise_speedup_")):
+            flags = [f for f in grp[col] if isinstance(f, str)]
+            row[col] = max(flags, key=NOISE_ORDER.index, default=None)
         rows.append(row)
     board = pd.DataFrame(rows)
     _add_reference_columns(board, runs)
@@ -509,6 +523,7 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
     caption = "" if wide else "; ".join(filter(None, (
         speed_cols and "speed-up: teacher latency / model latency, "
         + speed_cols[0].removeprefix("speedup_").replace("_", " "),
+        "±: half-width of its 95 % CI, ⚠: noisy timing (re-run)",
         "≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
     table = Table(title=title.strip(" ·"), caption=caption or None, box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1), show_lines=False)
@@ -543,11 +558,24 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
             f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}{mark}",
             *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
-            *[_fmt(r[c], ".2f") for c in speed_cols],
+            *[speedup_cell(r, c) for c in speed_cols],
             *([escape("; ".join(filter(None, (_deploy_failure(r), str(r["notes"])))))]
               if wide else []),
         )
     return table
+
+
+def speedup_cell(row: pd.Series, column: str) -> str:
+    """``1.90×±0.30⚠``: the speed-up, its CI half-width, ⚠ when a seed's timing was noisy."""
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    key = column.removeprefix("speedup_")
+    low, high = row.get(f"ci_low_speedup_{key}"), row.get(f"ci_high_speedup_{key}")
+    cell = f"{value:.2f}×"
+    if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
+        cell += f"±{(high - low) / 2:.2f}"
+    return cell + ("⚠" if row.get(f"noise_speedup_{key}") in ("warn", "rerun") else "")
 
 
 def _is_best(board: pd.DataFrame, row: pd.Series) -> bool:

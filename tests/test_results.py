@@ -17,6 +17,7 @@ from benchmarks.results import (
     load_records,
     record_path,
     render_table,
+    speedup_cell,
     write_json_atomic,
     write_record,
 )
@@ -154,3 +155,22 @@ def test_a_single_seed_row_is_never_best_or_tied(tmp_path):
     assert board["tied_with_best"].isna().all()
     text = "\n".join(_rendered(render_table(board), 100))
     assert "best" not in text
+
+
+def test_speedups_carry_their_ci_and_a_rerun_flag_is_never_dropped(tmp_path):
+    for seed, (speedup, low, high, noise) in enumerate(
+            [(2.0, 1.9, 2.1, "ok"), (2.2, 2.0, 2.4, "rerun"), (2.1, 2.05, 2.15, "ok")]):
+        record = make_record("kd", seed, 70.0 + seed, speedup=speedup)
+        record.latency[0].update(speedup_ci_low=low, speedup_ci_high=high, noise=noise)
+        write_record(record, tmp_path)
+    board = leaderboard(load_records(tmp_path))
+    row = board.iloc[0]
+    assert row["speedup_cpu_t1_b1"] == 2.1  # the median over seeds
+    assert (row["ci_low_speedup_cpu_t1_b1"], row["ci_high_speedup_cpu_t1_b1"]) == (1.9, 2.4)
+    assert row["noise_speedup_cpu_t1_b1"] == "rerun"  # the worst seed's flag
+    assert speedup_cell(row, "speedup_cpu_t1_b1") == "2.10×±0.25⚠"
+    text = "\n".join(_rendered(render_table(board), 100))
+    assert "2.10×±0.25⚠" in text
+    from benchmarks.report import markdown
+
+    assert "2.10×±0.25⚠" in markdown(board, "cifar100", "smoke")

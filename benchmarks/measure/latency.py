@@ -32,7 +32,7 @@ BOOTSTRAP_MIN_ROUNDS = 8
 BOOTSTRAP_SEED = 0
 CUDA_MIN_WARMUP = 50
 THROUGHPUT_BATCH = 64
-_NOISE_ORDER = ("ok", "warn", "rerun")
+NOISE_ORDER = ("ok", "warn", "rerun")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def _measure_setting(
         speedup=float(np.median(ratios)), speedup_ci_low=low, speedup_ci_high=high,
         speedup_ci_method=method, round_ratios=ratios, rounds=plan.rounds, warmup=plan.warmup,
         channels_last=plan.channels_last, teacher_noise=flags["teacher"],
-        student_noise=flags["student"], noise=max(flags.values(), key=_NOISE_ORDER.index),
+        student_noise=flags["student"], noise=max(flags.values(), key=NOISE_ORDER.index),
     )
 
 
