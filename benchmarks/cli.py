@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     report.add_argument("--out", type=Path, help="output folder "
                         "(default: RESULTS/report/SUITE_BUDGET)")
+    report.add_argument("--format", choices=("html", "json", "model-index"), default="html",
+                        help="html: markdown + HTML page + plots (default); json: the board "
+                        "as one versioned JSON document; model-index: the rows as Hugging "
+                        "Face model-index YAML")
 
     claims = sub.add_parser("claims", help="test every method's declared paper claims on the "
                             "suite's run records (a report: always exits 0)")
@@ -346,10 +350,31 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise KdbenchError(f"no run records for {args.suite}/{args.budget} under "
                            f"{args.results_dir}/runs; run `kdbench run` first")
     out = args.out or args.results_dir / "report" / f"{args.suite}_{args.budget}"
+    board = leaderboard(records)
+    if args.format != "html":
+        console.print(f"wrote {write_portable(board, out, args, records[0]['dataset'])}")
+        return 0
     claims = claims_frame(records, declared_claims(args.suite, records))
-    for path in write_report(leaderboard(records), out, args.suite, args.budget, claims):
+    for path in write_report(board, out, args.suite, args.budget, claims):
         console.print(f"wrote {path}")
     return 0
+
+
+def write_portable(board, out: Path, args: argparse.Namespace, dataset: str) -> Path:
+    """``leaderboard.json`` or ``model-index.yaml`` into ``out`` (atomically)."""
+    import json
+
+    from benchmarks.portable import board_document, model_index
+    from benchmarks.results import write_text_atomic
+
+    if args.format == "json":
+        path = out / "leaderboard.json"
+        text = json.dumps(board_document(board, args.suite, args.budget), indent=2) + "\n"
+    else:
+        path = out / "model-index.yaml"
+        text = model_index(board, args.suite, args.budget, dataset)
+    write_text_atomic(text, path)
+    return path
 
 
 def cmd_regress(args: argparse.Namespace) -> int:

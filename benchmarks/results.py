@@ -159,6 +159,22 @@ def replaced_path(record: Path, run_id: str) -> Path:
     return record.with_name(f"{record.stem}.replaced-{run_id}.json")
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write a text file so that a reader sees the old file, the new one, or none."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_record(record: RunRecord, results_dir: Path) -> Path:
     """Write ``record``; a record it replaces is kept beside it, marked ``replaced``."""
     path = record_path(results_dir, record.suite, record.budget, record.data_source,
@@ -295,6 +311,7 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["test_images"] = r.get("test_images", 0)
         row["isa"] = (r.get("environment") or {}).get("aten_cpu_capability")
         row["config_hash"] = r.get("config_hash", "")
+        row["teacher_sha256"] = (r.get("teacher_checkpoint") or {}).get("sha256", "")
         row["created"] = r.get("created", "")
         for entry in r.get("latency", []):
             key = latency_key(entry)
@@ -344,6 +361,7 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             method_label=grp["method_label"].iloc[0], reference=ref, n=s.n,
             seeds=",".join(str(v) for v in sorted(grp["seed"])),
             metric_name=grp["metric_name"].iloc[0], config_hash=grp["config_hash"].iloc[0],
+            teacher_sha256=",".join(sorted(set(grp["teacher_sha256"]) - {""})),
             metric_mean=s.mean, metric_std=s.std, ci_low=s.ci_low, ci_high=s.ci_high,
             teacher_metric_mean=grp["teacher_metric"].mean(),
             params=_structural(grp["params"]), macs=_structural(grp["macs"]),
