@@ -155,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "as one versioned JSON document; model-index: the rows as Hugging "
                         "Face model-index YAML")
 
+    export = sub.add_parser("export", help="write a leaderboard row's model (as measured) "
+                            "and its model card")
+    export.add_argument("row", help="the row's method name, e.g. kd or pruned_kd:finetune")
+    export.add_argument("--suite", default="cifar100")
+    export.add_argument("--budget", default="smoke", choices=BUDGETS)
+    export.add_argument("--seed", type=int, default=0, help="which seed's run (default 0)")
+    export.add_argument("--pair", help="TEACHER-STUDENT, when the row ran on several pairs")
+    export.add_argument("--format", choices=("pt2", "onnx", "safetensors"), default="pt2")
+    export.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    export.add_argument("--results-dir", type=Path, default=Path("results"))
+
     claims = sub.add_parser("claims", help="test every method's declared paper claims on the "
                             "suite's run records (a report: always exits 0)")
     claims.add_argument("--suite", default="cifar100")
@@ -340,6 +351,15 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0  # the verdicts are a report, not a gate
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from benchmarks.export import export
+
+    for path in export(args.results_dir, args.suite, args.budget, args.row, args.format,
+                       args.out, seed=args.seed, pair=args.pair):
+        console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.claims import claims_frame, declared_claims
     from benchmarks.report import write_report
@@ -439,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
         "list": cmd_list,
         "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method,
-        "sweep": cmd_sweep, "claims": cmd_claims}
+        "sweep": cmd_sweep, "claims": cmd_claims, "export": cmd_export}
     # SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: no record, the
     # last epoch checkpoint kept for --resume.
     main_thread = threading.current_thread() is threading.main_thread()

@@ -82,6 +82,8 @@ class RunRecord:
     macs_dtype: str = "fp32"  # what the MACs run as: the float graph's MACs, in this dtype
     # benchmarks.run_config: the hash of everything that determines the result (not the seed)
     config_hash: str = ""
+    # benchmarks.artifacts: the measured model as model.pt2 + model.safetensors (path, sha256)
+    artifacts: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     status: str = "ok"  # a failed run is a FailedRun record, never on the leaderboard
 

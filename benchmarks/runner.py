@@ -29,6 +29,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from benchmarks import distributed
+from benchmarks.artifacts import save_artifacts
 from benchmarks.config import Budget, Pair, SuiteConfig
 from benchmarks.data import ImageDataset, ImageSplit
 from benchmarks.deploy import (
@@ -498,6 +499,9 @@ class Harness:
         t_report = self._teacher_report(ctx.pair.teacher, cpu_teacher, example)
         latency = self._latency(cpu_teacher, cpu_model, teacher, model) \
             if self.measure_latency else []
+        # What was measured, kept beside the record (kdbench export reads it back).
+        artifacts = save_artifacts(cpu_model, example, self._artifacts_dir(
+            name, ctx.pair, ctx.seed), self.results_dir)
         return RunRecord(
             run_id=hashlib.sha1(f"{self.suite.name}/{self.budget.name}/{name}/"
                                 f"{ctx.pair.label}/{ctx.seed}/{time.time_ns()}".encode())
@@ -524,6 +528,7 @@ class Harness:
             config=config_dict(method.cfg), recipe=dataclasses.asdict(self.budget.train),
             environment=fingerprint(), test_images=len(ctx.test_split),
             config_hash=self.config_hash(config_dict(method.cfg), teacher_info.sha256, "fp32"),
+            artifacts=artifacts,
         )
 
     def config_hash(self, method_config: dict[str, Any], teacher_sha256: str,
@@ -592,7 +597,7 @@ class Harness:
         start = time.perf_counter()
         base = dataclasses.replace(
             fp32, run_id=hashlib.sha1(f"{fp32.run_id}/{target}".encode()).hexdigest()[:16],
-            deploy=target, macs_dtype=target, latency=[], metrics={},
+            deploy=target, macs_dtype=target, latency=[], metrics={}, artifacts={},
             config_hash=self.config_hash(fp32.config, teacher_info.sha256, target))
         try:
             if distributed.current().distributed:

@@ -1,0 +1,121 @@
+"""A run keeps what it measured (model.pt2 + model.safetensors, sha256 in the record), and
+``kdbench export`` gives it back: reloaded and evaluated, it reproduces the record's top-1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from test_record_configuration import TINY_SUITE
+
+from benchmarks.cli import main
+from benchmarks.config import load_suite
+from benchmarks.method import make_loader
+from benchmarks.results import load_records
+from benchmarks.runner import Harness
+from benchmarks.train import evaluate
+
+
+class _AsModule(torch.nn.Module):
+    """An exported program (its graph is fixed in eval mode) behind the nn.Module calls
+    ``evaluate`` makes; it is kept out of the module tree, which it cannot join."""
+
+    def __init__(self, program):
+        super().__init__()
+        self._program = [program]
+
+    def forward(self, x):
+        return self._program[0](x)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    suite = tmp / "tiny-digits.py"
+    suite.write_text(TINY_SUITE)
+    assert main(["run", "--suite", str(suite), "--methods", "kd", "--results-dir",
+                 str(tmp / "results"), "--cache-dir", str(tmp / "cache"), "--no-latency",
+                 "--quiet"]) == 0
+    [record] = load_records(tmp / "results")
+    return tmp, suite, record
+
+
+def export_cli(tmp, *args):
+    return main(["export", "kd", "--suite", "tiny-digits", "--results-dir",
+                 str(tmp / "results"), *args])
+
+
+def test_a_run_records_its_artifacts_with_their_sha256(run):
+    tmp, _, record = run
+    for fmt, name in (("pt2", "model.pt2"), ("safetensors", "model.safetensors")):
+        entry = record["artifacts"][fmt]
+        path = tmp / "results" / entry["path"]
+        assert path.name == name and path.stat().st_size == entry["bytes"]
+        assert len(entry["sha256"]) == 64
+
+
+def test_the_exported_program_reproduces_the_records_top1_exactly(run):
+    tmp, suite, record = run
+    assert export_cli(tmp, "--format", "pt2", "--out", str(tmp / "pt2")) == 0
+    program = torch.export.load(tmp / "pt2" / "model.pt2").module()
+    model = _AsModule(program)
+    harness = Harness(load_suite(str(suite)), "smoke", results_dir=tmp / "results",
+                      cache_dir=tmp / "cache", measure_latency=False, progress=False)
+    _, test_split = harness.splits()
+    loader = make_loader(harness.data, test_split, train=False, batch_size=500,
+                         device=torch.device("cpu"), seed=0, channels_last=False)
+    assert evaluate(model, loader, torch.device("cpu"))["top1"] == record["metrics"]["top1"]
+
+
+def test_safetensors_and_onnx_exports_and_the_model_card(run):
+    tmp, _, record = run
+    assert export_cli(tmp, "--format", "safetensors", "--out", str(tmp / "st")) == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp / "st" / "model.safetensors")
+    assert sum(t.numel() for t in weights.values()) >= record["params"]
+    card = (tmp / "st" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    [model] = front["model-index"]
+    metric = model["results"][0]["metrics"][0]
+    assert metric["value"] == pytest.approx(record["metrics"]["top1"])
+    assert "mean of 1 seeds, last epoch" in metric["name"]
+    assert export_cli(tmp, "--format", "onnx", "--out", str(tmp / "onnx")) == 0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp / "onnx" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    program = torch.export.load(tmp / "pt2" / "model.pt2") if (tmp / "pt2").exists() else None
+    x = torch.randn(1, 3, 32, 32)
+    ours = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    if program is not None:
+        torch.testing.assert_close(torch.from_numpy(ours), program.module()(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_bad_exports_are_clear_errors_and_overwrite_nothing(run, capsys):
+    tmp, _, record = run
+    out = tmp / "again"
+    assert export_cli(tmp, "--format", "pt2", "--out", str(out)) == 0
+    before = (out / "model.pt2").read_bytes()
+    capsys.readouterr()
+    assert export_cli(tmp, "--format", "pt2", "--out", str(out)) == 2
+    assert "exists; export into an empty folder" in " ".join(capsys.readouterr().err.split())
+    assert (out / "model.pt2").read_bytes() == before
+    assert main(["export", "lma", "--suite", "tiny-digits", "--results-dir",
+                 str(tmp / "results"), "--out", str(tmp / "x")]) == 2
+    assert "no successful run of 'lma'" in " ".join(capsys.readouterr().err.split())
+    # An artifact changed after its run is refused, naming the file.
+    program = tmp / "results" / record["artifacts"]["pt2"]["path"]
+    original = program.read_bytes()
+    program.write_bytes(original + b"tampered")
+    try:
+        assert export_cli(tmp, "--format", "pt2", "--out", str(tmp / "t")) == 2
+        err = "".join(capsys.readouterr().err.split())
+        assert "nolongermatchesitsrecord" in err and "refusingtoexportit" in err
+        assert not (tmp / "t" / "model.pt2").exists()
+    finally:
+        program.write_bytes(original)
+    json.dumps(record)  # the record stays plain JSON
