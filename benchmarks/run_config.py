@@ -5,7 +5,8 @@ row, only when their hashes are equal. The hash covers the method's resolved con
 any variant and ``--set`` overrides), the suite as loaded (every value of its top level and
 of this budget, so comments and other budgets do not count), the data fingerprint, the
 teacher checkpoint's sha256 and the deploy target. The seed is not in it: the seeds of one
-configuration are what a row averages.
+configuration are what a row averages. Nor are other methods' settings (the suite's and
+budget's ``methods`` and ``variants``): editing one method's schedule re-runs that method only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from benchmarks.config import Budget, SuiteConfig
 HASH_CHARS = 16
 # Budget fields that say how many runs to make or where, not what a run computes.
 _NOT_RESULT = ("seeds", "resources", "name")
+# Per-method settings (a budget's or suite's ``methods``, ``variants``): the run's own are in
+# its resolved method config; another method's never change this run's result.
+_PER_METHOD = ("methods", "variants")
 
 
 def _canonical(value: Any) -> str:
@@ -29,8 +33,10 @@ def _canonical(value: Any) -> str:
 def run_config(suite: SuiteConfig, budget: Budget, method_config: dict[str, Any],
                data_fingerprint: str, teacher_sha256: str, deploy: str) -> dict[str, Any]:
     """What determines a run's result, as plain data (hashed by ``config_hash``)."""
-    suite_values = {k: v for k, v in dataclasses.asdict(suite).items() if k != "budgets"}
-    budget_values = {k: v for k, v in dataclasses.asdict(budget).items() if k not in _NOT_RESULT}
+    suite_values = {k: v for k, v in dataclasses.asdict(suite).items()
+                    if k not in ("budgets", *_PER_METHOD)}
+    budget_values = {k: v for k, v in dataclasses.asdict(budget).items()
+                     if k not in (*_NOT_RESULT, *_PER_METHOD)}
     return {"suite": suite_values, "budget": {"name": budget.name, **budget_values},
             "method": method_config, "data": data_fingerprint, "teacher": teacher_sha256,
             "deploy": deploy}

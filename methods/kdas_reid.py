@@ -145,6 +145,9 @@ class KDASReID(Method):
         stem_downsample: int | None = None
         kd_weight: float = 1.0  # λ while retraining
         retrain_epochs: int | None = None  # None: the suite's recipe, like every student
+        # None: the suite's. DARTS retrains its cells at 0.025 (Liu et al., ICLR 2019, §A.2);
+        # a CIFAR ResNet recipe's 0.1 sends the derived network's loss to NaN in epoch 1.
+        retrain_lr: float | None = None
 
         def __post_init__(self) -> None:
             check_ops(self.ops, "kdas_reid ops")
@@ -153,6 +156,9 @@ class KDASReID(Method):
                         "search_layers", "steps", "channels", "layers"):
                 if getattr(self, key) < 1:
                     raise ConfigError(f"kdas_reid {key} must be >= 1; got {getattr(self, key)}")
+            if self.retrain_lr is not None and not self.retrain_lr > 0:
+                raise ConfigError(f"kdas_reid retrain_lr must be None (the suite's) or > 0; "
+                                  f"got {self.retrain_lr}")
             if self.stem_downsample is not None and self.stem_downsample < 0:
                 raise ConfigError(f"kdas_reid stem_downsample must be None (auto) or >= 0; "
                                   f"got {self.stem_downsample}")
@@ -177,9 +183,11 @@ class KDASReID(Method):
         spec = MacroSpec(cfg.channels, cfg.layers, downsample)
         net = DerivedNetwork(spec, genotype, ctx.num_classes).to(ctx.device)
         temperature = Temperature(cfg.t0, cfg.temperature_schedule)
-        epochs = {"epochs": cfg.retrain_epochs} if cfg.retrain_epochs else {}
+        changes: dict[str, Any] = {"epochs": cfg.retrain_epochs} if cfg.retrain_epochs else {}
+        if cfg.retrain_lr is not None:
+            changes["lr"] = cfg.retrain_lr
         ctx.fit(net, kd_objective(teacher, temperature, cfg.kd_weight),
-                before_epoch=temperature.before_epoch, name="retrain", **epochs)
+                before_epoch=temperature.before_epoch, name="retrain", **changes)
         return Compressed(
             model=net,
             extras={"genotype": genotype.to_dict(), "architecture": net.architecture(),

@@ -25,6 +25,14 @@ def test_hash_changes_with_what_determines_the_result_and_not_the_seed_count():
     assert base != other
 
 
+def test_another_methods_settings_do_not_change_this_methods_hash():
+    suite = load_suite("fashion-mnist")
+    short = suite.budget("short")
+    base = _hash(suite, short, temperature=4.0)
+    edited = dataclasses.replace(short, methods={**short.methods, "lma": {"epochs": 99}})
+    assert _hash(suite, edited, temperature=4.0) == base
+
+
 def test_shared_teacher_seed():
     short = load_suite("fashion-mnist").budget("short")
     smoke = load_suite("fashion-mnist").budget("smoke")

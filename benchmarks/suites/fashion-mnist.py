@@ -54,11 +54,11 @@ budgets = dict(
             channel_selection=dict(finetune_epochs=8),
             combine_net=dict(epochs=10, calib_batches=20, val_images=2000),
             hybrid_lowrank_quant=dict(hint_epochs=3, kd_epochs=10),
-            kdas_reid=dict(search_epochs=4, search_images=2000, search_channels=8,
+            kdas_reid=dict(search_epochs=4, search_images=1000, search_channels=8,
                            search_layers=3, ops=("none", "skip_connect", "avg_pool_3x3",
                                                  "max_pool_3x3", "sep_conv_3x3",
                                                  "dil_conv_3x3", "part_aware"),
-                           channels=16, layers=5, retrain_epochs=10),
+                           channels=16, layers=5, retrain_epochs=10, retrain_lr=0.025),
             # PGD-3 training attack, an FGSM-RS-trained (1 step of 1.25 eps) adversarial
             # teacher, 4x compression, the two controls its claims compare against.
             robust_prune_kd=dict(compression=4.0, lam=15.0, attack_steps=3,
