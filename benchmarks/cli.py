@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "suite's, e.g. robust (PGD-20 robust accuracy)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--wide", action="store_true", help="print every leaderboard column")
+    run.add_argument("--tensorboard", action="store_true", help="write each run's training "
+                     "curves as TensorBoard event files under its artifacts folder")
 
     board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
     board.add_argument("--suite", default="cifar100")
@@ -239,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         measure_latency=not args.no_latency,
         evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
         deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
-        resume=args.resume,
+        resume=args.resume, tensorboard=args.tensorboard,
     )
     methods = parse_methods(args.methods)
     plan = harness.plan(methods, parse_seeds(args.seeds))
@@ -375,8 +377,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         console.print(f"wrote {write_portable(board, out, args, records[0]['dataset'])}")
         return 0
     claims = claims_frame(records, declared_claims(args.suite, records))
-    for path in write_report(board, out, args.suite, args.budget, claims):
+    runs_curves = Path(args.results_dir) / "artifacts" / args.suite / args.budget
+    curves = runs_curves if any(runs_curves.rglob("events.out.tfevents.*")) else None
+    for path in write_report(board, out, args.suite, args.budget, claims, curves=curves):
         console.print(f"wrote {path}")
+    if curves is not None:
+        console.print(f"training curves: tensorboard --logdir {curves}")
     return 0
 
 

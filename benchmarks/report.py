@@ -266,11 +266,14 @@ def _pareto_figure(rows: pd.DataFrame, column: str, xlabel: str, title: str):
 
 
 def write_report(board: pd.DataFrame, out_dir: Path, suite: str, budget: str,
-                 claims: pd.DataFrame | None = None) -> list[Path]:
+                 claims: pd.DataFrame | None = None, curves: Path | None = None) -> list[Path]:
     """Markdown + HTML + plots into ``out_dir``, with the paper-claims table after the board
     when ``claims`` (a ``benchmarks.claims.claims_frame``) is given; returns what was written."""
     md, page = out_dir / "leaderboard.md", out_dir / "index.html"
     extra_md = "" if claims is None else "\n" + claim_tables.markdown(claims, suite, budget)
+    if curves is not None:  # runs made with --tensorboard
+        extra_md += (f"\nTraining curves (TensorBoard event files of every run): "
+                     f"`tensorboard --logdir {curves}`\n")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md.write_text(markdown(board, suite, budget) + extra_md)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from torch import nn
 
-from benchmarks import distributed
+from benchmarks import curves, distributed
 from benchmarks.artifacts import save_artifacts
 from benchmarks.config import Budget, Pair, SuiteConfig
 from benchmarks.data import ImageDataset, ImageSplit
@@ -147,6 +147,7 @@ class Harness:
         evaluators: Sequence[str] = (),
         resume: bool = True,
         deploy: Sequence[str] = (),
+        tensorboard: bool = False,
     ):
         self.suite = suite
         # The suite's evaluators plus opt-in ones (e.g. robust accuracy), each once.
@@ -157,6 +158,7 @@ class Harness:
         # Under torchrun: joins the process group; each rank gets its own GPU.
         self.device = distributed.setup(resolve_device(device))
         self.resume = resume  # False: a killed run's checkpoints are discarded, not resumed
+        self.tensorboard = tensorboard  # curves into <artifacts>/tensorboard (benchmarks.curves)
         self.dataset_overrides = dict(dataset_overrides or {})
         self.method_overrides = method_overrides or {}
         self.measure_latency = measure_latency and self.budget.latency.enabled
@@ -397,11 +399,19 @@ class Harness:
         )
         seed_everything(seed)
         t0 = time.perf_counter()
-        result = method.run(ctx)
+        board_dir = ctx.artifacts_dir / "tensorboard" if self.tensorboard and \
+            distributed.current().primary else None
+        with curves.recording(board_dir):
+            result = method.run(ctx)
+            return self._record_outputs(method, result, ctx, teacher, teacher_info, workdir,
+                                        time.perf_counter() - t0)
+
+    def _record_outputs(self, method: Method, result: Any, ctx: RunContext, teacher: nn.Module,
+                        teacher_info: TeacherInfo, workdir: Path, wall: float) -> list[Path]:
+        """Measure what ``method.run`` returned (and its controls), write the records."""
         if not isinstance(result, Compressed):
             raise ContractError(f"method {method.name!r} returned {type(result).__name__}; "
                                 "run() must return a Compressed")
-        wall = time.perf_counter() - t0
         outputs = [(method.name, result), *((f"{method.name}:{k}", c)
                                             for k, c in result.controls.items())]
         if not distributed.current().primary:
@@ -418,6 +428,9 @@ class Harness:
                                                         record, target)
                                   for target in self.targets(method))]
         paths = [write_record(r, self.results_dir) for r in records]
+        main = records[0]
+        curves.log_final({**main.metrics, "params_ratio": main.params_ratio,
+                          "macs_ratio": main.macs_ratio})
         shutil.rmtree(workdir, ignore_errors=True)
         distributed.barrier()
         for r in records:

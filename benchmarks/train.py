@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from benchmarks import distributed
+from benchmarks import curves, distributed
 from benchmarks.config import TrainRecipe
 from benchmarks.data import Batch, BatchLoader
 from benchmarks.errors import TrainingError
@@ -173,12 +173,18 @@ def fit(
             before_epoch(FitState(model, optimizer, epoch, step, recipe.epochs, lr))
         model.train()
         running = torch.zeros((), device=device)
+        terms: dict[str, torch.Tensor] = {}  # a method's loss terms, summed for its curves
         n_batches, epoch_images = 0, 0
         t0 = time.perf_counter()
         for batch in loader:
             with autocast:
                 out = loss_fn(batch, step_fn(batch))
             loss = out[0] if isinstance(out, tuple) else out
+            if isinstance(out, tuple):
+                for name, value in out[1].items():
+                    value = torch.as_tensor(value).detach()
+                    if value.numel() == 1:
+                        terms[name] = terms.get(name, 0.0) + value.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if outside and world.distributed:
@@ -204,6 +210,10 @@ def fit(
         epoch_images *= world.world_size  # equal shards: the images of all ranks
         seen += epoch_images
         history.append({"epoch": epoch, "loss": last_loss, "lr": lr, "seconds": epoch_time})
+        if world.primary:
+            curves.log_epoch(desc, epoch + 1, {
+                "loss": last_loss, "lr": lr, "epoch_seconds": epoch_time,
+                **{f"loss_{k}": float(v) / max(1, n_batches) for k, v in terms.items()}})
         log.info(
             "%s epoch %d/%d loss %.4f lr %.4g %.0f img/s",
             desc, epoch + 1, recipe.epochs, last_loss, lr, epoch_images / max(epoch_time, 1e-9),

@@ -119,3 +119,29 @@ def test_bad_exports_are_clear_errors_and_overwrite_nothing(run, capsys):
     finally:
         program.write_bytes(original)
     json.dumps(record)  # the record stays plain JSON
+
+
+def test_tensorboard_curves_of_a_run_and_the_report_links_them(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    suite = tmp_path / "tiny-digits.py"
+    suite.write_text(TINY_SUITE)
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--methods", "kd", "--results-dir", str(results),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-latency", "--quiet",
+                 "--tensorboard"]) == 0
+    [events] = list((results / "artifacts").rglob("events.out.tfevents.*"))
+    assert events.parent.name == "tensorboard"
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    [record] = load_records(results)
+    assert {"final/top1", "final/params_ratio"} <= tags
+    loss_tags = {t for t in tags if t.endswith("/loss")}
+    assert loss_tags and any(t.endswith("/lr") for t in tags)
+    assert accumulator.Scalars("final/top1")[0].value == pytest.approx(record["metrics"]["top1"])
+    capsys.readouterr()
+    assert main(["report", "--suite", "tiny-digits", "--results-dir", str(results)]) == 0
+    assert "tensorboard --logdir" in capsys.readouterr().err
+    md = (results / "report" / "tiny-digits_smoke" / "leaderboard.md").read_text()
+    assert "tensorboard --logdir" in md
