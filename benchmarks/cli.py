@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deploy", default="", metavar="TARGET[,TARGET]",
                      help="also measure every method deployed as TARGET: int8 (torchao PT2E "
                      "x86 quantization + torch.compile, timed against the compiled fp32 "
-                     "teacher); adds to the suite budget's `deploy`")
+                     "teacher), onnx / onnx-int8 (ONNX Runtime CPU, fp32 or statically "
+                     "quantized, timed against the teacher in ONNX Runtime); adds to the "
+                     "suite budget's `deploy`")
     run.add_argument("--evaluators", default="", metavar="NAME[,NAME]",
                      help="extra evaluators to run on every returned model besides the "
                      "suite's, e.g. robust (PGD-20 robust accuracy)")

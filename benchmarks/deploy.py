@@ -27,7 +27,9 @@ from torch.fx import GraphModule
 
 from benchmarks.errors import ConfigError, KdbenchError
 
-DEPLOY_TARGETS = ("fp32", "int8")  # fp32: the eager model as returned (always measured)
+# fp32: the eager model as returned (always measured); int8: torchao PT2E + torch.compile;
+# onnx / onnx-int8: ONNX Runtime on CPU (benchmarks.deploy_onnx)
+DEPLOY_TARGETS = ("fp32", "int8", "onnx", "onnx-int8")
 CALIBRATION_IMAGES = 1024  # training images run through the observers before convert
 MAX_BATCH = 4096  # upper bound of the exported program's dynamic batch dimension
 # Frozen weights let Inductor constant-fold the int8 weight prepacking (the PT2E x86 recipe);

@@ -508,7 +508,8 @@ def _fmt(value: float, spec: str = ".2f") -> str:
 
 
 # the rest is in the CSV; compiled (int8 rows) and eager columns are never merged
-TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cpu_compiled_t1_b1", "speedup_cuda_t1_b1")
+TABLE_SPEEDUPS = ("speedup_cpu_t1_b1", "speedup_cpu_compiled_t1_b1", "speedup_cpu_ort_t1_b1",
+                  "speedup_cuda_t1_b1")
 # Opt-in metrics shown in every suite's table whenever some run has them.
 TABLE_METRICS_WHEN_PRESENT = ("robust_top1",)
 
@@ -532,17 +533,19 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
     if not show_source and len(sources):
         title = f"{title} · {sources[0]} data"
     speed_cols = [c for c in board.columns if c in TABLE_SPEEDUPS or (
-        wide and c.startswith(("speedup_cpu_t", "speedup_cpu_compiled_t"))
+        wide and c.startswith(("speedup_cpu_t", "speedup_cpu_compiled_t", "speedup_cpu_ort_t"))
         and c.endswith(("_b1", "_b64")))]
-    speed_cols = list(dict.fromkeys(speed_cols if wide else [
-        c for c in TABLE_SPEEDUPS if c in board.columns and board[c].notna().any()][:1]))
+    # Compact: one speed-up column, each row's own runtime track at 1 thread, batch 1
+    # (eager for fp32, compiled for int8, onnxruntime for onnx rows; CUDA when that is all).
+    tracks = [c for c in TABLE_SPEEDUPS if c in board.columns and board[c].notna().any()]
+    speed_cols = list(dict.fromkeys(speed_cols if wide else tracks[:1]))
     extra = [m for m in dict.fromkeys((*metrics, *TABLE_METRICS_WHEN_PRESENT))
              if f"{m}_mean" in board.columns]
     metric_name = board["metric_name"].dropna().iloc[0] if board["metric_name"].notna().any() \
         else "metric"
     caption = "" if wide else "; ".join(filter(None, (
-        speed_cols and "speed-up: teacher latency / model latency, "
-        + speed_cols[0].removeprefix("speedup_").replace("_", " "),
+        speed_cols and "speed-up: teacher latency / model latency, 1 thread, batch 1, in "
+        "the row's runtime (eager; compiled for int8; onnxruntime for onnx)",
         "±: half-width of its 95 % CI, ⚠: noisy timing (re-run)",
         "≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
     table = Table(title=title.strip(" ·"), caption=caption or None, box=box.SIMPLE_HEAD,
@@ -578,7 +581,9 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
             f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}{mark}",
             *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
-            *[speedup_cell(r, c) for c in speed_cols],
+            *([speedup_cell(r, c) for c in speed_cols] if wide else
+              [speedup_cell(r, next((c for c in tracks if pd.notna(r.get(c))), speed_cols[0]))]
+              if speed_cols else []),
             *([escape("; ".join(filter(None, (_deploy_failure(r), str(r["notes"])))))]
               if wide else []),
         )

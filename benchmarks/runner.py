@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from benchmarks import curves, distributed
-from benchmarks.artifacts import save_artifacts
+from benchmarks.artifacts import save_artifacts, sha256_of
 from benchmarks.config import Budget, Pair, SuiteConfig
 from benchmarks.data import ImageDataset, ImageSplit
 from benchmarks.deploy import (
@@ -43,6 +43,15 @@ from benchmarks.deploy import (
     quantize_int8,
     torchao_version,
 )
+from benchmarks.deploy_onnx import (
+    ONNX_TARGETS,
+    OrtProgram,
+    export_onnx,
+    quantize_onnx_int8,
+    runtime_versions,
+    weight_bits,
+)
+from benchmarks.deploy_onnx import QUANTIZER as ORT_QUANTIZER
 from benchmarks.errors import (
     ConfigError,
     KdbenchError,
@@ -176,6 +185,7 @@ class Harness:
                               f"{suite.name!r} ({budget} budget) uses as teacher; its teachers: "
                               f"{', '.join(sorted({p.teacher for p in self.budget.pairs}))}")
         self._compiled_teachers: dict[str, CompiledProgram] = {}
+        self._onnx_teachers: dict[str, OrtProgram] = {}
         self.progress = progress
         self.teachers = TeacherCache(
             self.cache_dir, {**suite.teacher_checkpoints, **(teacher_checkpoints or {})})
@@ -605,7 +615,7 @@ class Harness:
         weight. Latency is compiled INT8 vs the compiled fp32 teacher. A failure at any stage
         gives a record with ``deploy_status`` "failed: ..." and no metrics, never an fp32 copy.
         """
-        if target != "int8":  # deploy_targets admits nothing else
+        if target not in ("int8", *ONNX_TARGETS):  # deploy_targets admits nothing else
             raise ConfigError(f"no deployment path for {target!r}")
         start = time.perf_counter()
         base = dataclasses.replace(
@@ -616,14 +626,18 @@ class Harness:
             if distributed.current().distributed:
                 raise DeployError("harness", RuntimeError(
                     "int8 deployment is measured in a single process; run it without torchrun"))
-            record = self._measure_int8(ctx, out, teacher, teacher_info, base)
+            if target == "int8":
+                record = self._measure_int8(ctx, out, teacher, teacher_info, base)
+            else:
+                record = self._measure_onnx(ctx, name, out, teacher, teacher_info, base, target)
         except DeployError as exc:
+            versions = {"torchao": torchao_version()} if target == "int8" else runtime_versions()
             return dataclasses.replace(
                 base, deploy_status=f"failed: {exc}", artifact_bytes=None,
                 notes=[*fp32.notes, f"{target} deployment failed at {exc.stage}"],
-                extras={**fp32.extras, "deploy": {"target": target, "quantizer": QUANTIZER,
-                                                  "torchao": torchao_version(),
-                                                  "failed_stage": exc.stage}})
+                extras={**fp32.extras, "deploy": {
+                    "target": target, "failed_stage": exc.stage, **versions,
+                    "quantizer": QUANTIZER if target == "int8" else ORT_QUANTIZER}})
         record.wall_time_s = fp32.wall_time_s + time.perf_counter() - start
         return record
 
@@ -644,7 +658,8 @@ class Harness:
         if self.measure_latency:
             t_compiled = self._compiled_teacher(teacher, teacher_info, batches)
             try:
-                latency = [_compiled_entry(r) for r in self._cpu_latency(t_compiled, compiled)]
+                latency = [_mode_entry(r, "compiled")
+                           for r in self._cpu_latency(t_compiled, compiled)]
             except Exception as exc:  # a compiled program that runs once but not in a loop
                 raise DeployError("latency", exc) from exc
         details = {
@@ -668,6 +683,63 @@ class Harness:
             notes=[*base.notes, f"int8 (PT2E x86, compiled); MACs are the float graph's "
                                 f"run in int8, {size.bits_per_weight:.2f} bits/weight"],
             extras={**base.extras, "deploy": details})
+
+    def _measure_onnx(self, ctx: RunContext, name: str, out: Compressed, teacher: nn.Module,
+                      teacher_info: TeacherInfo, base: RunRecord, target: str) -> RunRecord:
+        """``out.model`` exported to ONNX (quantized for onnx-int8) and run by onnxruntime:
+        accuracy evaluated, latency against the teacher exported the same way (fp32 ONNX)."""
+        shape = self.data.input_shape
+        folder = self._artifacts_dir(name, ctx.pair, ctx.seed)
+        cpu_model = self._deployed(copy.deepcopy(out.model).cpu().eval(), name)
+        path = export_onnx(cpu_model, shape, folder / "model.onnx")
+        if target == "onnx-int8":
+            path = quantize_onnx_int8(path, folder / "model.int8.onnx",
+                                      self._calibration_batches(ctx))
+        threads = sorted({s.threads for s in _settings("cpu", self.budget.latency.batch_sizes)})
+        program = OrtProgram(path, threads)
+        cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
+        try:
+            metrics, evaluated_with = run_evaluators(self.evaluators, program, cpu_ctx)
+        except Exception as exc:  # e.g. an evaluator that needs gradients through the model
+            raise DeployError("evaluate", exc) from exc
+        latency: list[dict[str, Any]] = []
+        if self.measure_latency:
+            t_program = self._onnx_teacher(teacher, teacher_info, threads)
+            try:
+                latency = [_mode_entry(r, "ort") for r in self._cpu_latency(t_program, program)]
+            except Exception as exc:
+                raise DeployError("latency", exc) from exc
+        int8 = target == "onnx-int8"
+        bits = weight_bits(path, base.params) if int8 else 32.0
+        details = {"target": target, **runtime_versions(),
+                   "quantizer": ORT_QUANTIZER if int8 else None,
+                   "latency_mode": "onnxruntime CPU EP vs the fp32 teacher in onnxruntime",
+                   "providers": ["CPUExecutionProvider"],
+                   "fp32_artifact_bytes": base.artifact_bytes}
+        if evaluated_with:
+            details["evaluators"] = evaluated_with
+        return dataclasses.replace(
+            base, metrics=metrics, artifact_bytes=path.stat().st_size, bits_per_weight=bits,
+            latency=latency, macs_dtype="int8" if int8 else "fp32",
+            artifacts={"onnx": {"path": str(path.relative_to(self.results_dir)),
+                                "sha256": sha256_of(path), "bytes": path.stat().st_size}},
+            notes=[*base.notes, f"{target} (onnxruntime CPU); MACs are the float graph's"
+                                + (f" run in int8, {bits:.2f} bits/weight" if int8 else "")],
+            extras={**base.extras, "deploy": details})
+
+    def _onnx_teacher(self, teacher: nn.Module, info: TeacherInfo,
+                      threads: Sequence[int]) -> OrtProgram:
+        """The fp32 teacher as ONNX in onnxruntime (exported once per checkpoint, cached)."""
+        if info.sha256 not in self._onnx_teachers:
+            path = self.cache_dir / "onnx" / f"teacher-{info.sha256[:16]}.onnx"
+            if not path.is_file():
+                cpu_teacher = self._deployed(copy.deepcopy(teacher).cpu().eval(), "teacher")
+                try:
+                    export_onnx(cpu_teacher, self.data.input_shape, path)
+                except DeployError as exc:
+                    raise DeployError("onnx export of the fp32 teacher", exc) from exc
+            self._onnx_teachers[info.sha256] = OrtProgram(path, threads)
+        return self._onnx_teachers[info.sha256]
 
     def _calibration_batches(self, ctx: RunContext) -> list[torch.Tensor]:
         """Training-split inputs (no augmentation) for the observers; never test data."""
@@ -695,10 +767,10 @@ class Harness:
                                max_iters=cfg.max_iters, target_round_s=cfg.target_round_s)
 
 
-def _compiled_entry(result: Any) -> dict[str, Any]:
-    """A latency entry marked as the compiled track (its own leaderboard columns)."""
+def _mode_entry(result: Any, mode: str) -> dict[str, Any]:
+    """A latency entry marked with its runtime track (compiled, ort): its own board columns."""
     entry = dataclasses.asdict(result)
-    entry["setting"]["mode"] = "compiled"
+    entry["setting"]["mode"] = mode
     return entry
 
 
