@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import re
+import time
 import warnings
 from dataclasses import asdict
 
@@ -406,11 +407,13 @@ CPU1 = LatencySetting("cpu", threads=1, batch=1)
 def test_rounds_interleave_with_alternating_order():
     log: list = []
     teacher, student = Recorder("T", log), Recorder("S", log)
-    compare_latency(teacher, student, (4,), [CPU1], rounds=4, warmup=1, min_iters=2,
-                    max_iters=2, target_round_s=1e-3)
+    [res] = compare_latency(teacher, student, (4,), [CPU1], rounds=4, warmup=1, min_iters=2,
+                            max_iters=2, target_round_s=1e-3)
     names = [entry[0] for entry in log]
     assert names[:2] == ["T", "S"]  # warm-up / calibration
-    per_round = [["T", "T", "S", "S"], ["S", "S", "T", "T"]] * 2
+    # adaptive rounds come in (T,S)(S,T) pairs: the alternation holds for every round
+    assert res.rounds % 2 == 0 and 4 <= res.rounds <= 16
+    per_round = [["T", "T", "S", "S"], ["S", "S", "T", "T"]] * (res.rounds // 2)
     assert names[2:] == [n for r in per_round for n in r]
 
 
@@ -423,19 +426,20 @@ def scripted_timer(monkeypatch, times: dict[nn.Module, list[float]]) -> None:
     monkeypatch.setattr(latency_mod, "time_iterations", fake)
 
 
-def test_speedup_is_median_of_round_ratios_with_t_interval(monkeypatch):
+def test_speedup_is_median_of_round_ratios_with_a_ci_centred_on_it(monkeypatch):
     teacher, student = nn.Identity(), nn.Identity()
     student_ms = [5.0, 4.0, 2.0, 5.0, 2.5]  # teacher always 10 ms: ratios 2, 2.5, 5, 2, 4
     scripted_timer(monkeypatch, {teacher: [10.0] * 6, student: [5.0, *student_ms]})
     [res] = compare_latency(teacher, student, (4,), [CPU1], rounds=5, warmup=1, min_iters=3,
-                            max_iters=3)
+                            max_iters=3, max_rounds=5)
     ratios = [2.0, 2.5, 5.0, 2.0, 4.0]
     assert res.round_ratios == ratios
-    assert res.speedup == 2.5
-    half = stats.t.ppf(0.975, 4) * np.std(ratios, ddof=1) / math.sqrt(5)
-    assert res.speedup_ci_method == "t-interval"
-    assert res.speedup_ci_low == pytest.approx(np.mean(ratios) - half, rel=1e-12)
-    assert res.speedup_ci_high == pytest.approx(np.mean(ratios) + half, rel=1e-12)
+    assert res.speedup == 2.5 and res.stopped_by == "fixed" and res.rounds == 5
+    # Below 8 rounds: a normal-approximation interval of the median, centred on it.
+    half = stats.t.ppf(0.975, 4) * math.sqrt(math.pi / 2) * np.std(ratios, ddof=1) / math.sqrt(5)
+    assert res.speedup_ci_method == "median-normal"
+    assert res.speedup_ci_low == pytest.approx(2.5 - half, rel=1e-12)
+    assert res.speedup_ci_high == pytest.approx(2.5 + half, rel=1e-12)
     assert res.teacher.round_median_ms == 10.0 and res.student.round_median_ms == 4.0
     assert res.student.iters_per_round == 3 and res.student.stats["n"] == 15
     assert res.teacher.throughput_per_s is None  # batch 1: latency, not throughput
@@ -556,3 +560,44 @@ def test_fingerprint_keys_and_json():
     assert fp["torch_num_threads"] == torch.get_num_threads()
     assert fp["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", fp["git_commit"])
     assert json.loads(json.dumps(fp)) == fp
+
+
+def _sleepy(ms: float, slow_round: int | None = None):
+    """A model taking ``ms`` per call; with ``slow_round``, 10x slower during that round's
+    calls (an injected burst of load)."""
+    state = {"calls": 0}
+
+    class Sleepy(nn.Module):
+        def forward(self, x):
+            state["calls"] += 1
+            calls = state["calls"] - 1  # after the one warm-up call: 3 per round
+            slow = slow_round is not None and slow_round * 3 < calls <= (slow_round + 1) * 3
+            time.sleep(ms * (10 if slow else 1) / 1e3)
+            return x
+
+    return Sleepy()
+
+
+def test_an_injected_slow_round_widens_the_ci_instead_of_moving_the_median():
+    kwargs = dict(rounds=6, warmup=1, min_iters=3, max_iters=3, max_rounds=6)
+    [quiet] = compare_latency(_sleepy(10.0), _sleepy(5.0), (4,), [CPU1], **kwargs)
+    [loaded] = compare_latency(_sleepy(10.0), _sleepy(5.0, slow_round=3), (4,), [CPU1],
+                               **kwargs)
+    assert loaded.speedup == pytest.approx(quiet.speedup, rel=0.15)  # the median holds
+    def width(r):
+        return r.speedup_ci_high - r.speedup_ci_low
+
+    assert width(loaded) > width(quiet)  # the noise shows in the interval
+
+
+def test_adaptive_rounds_stop_at_the_target_ci_or_the_cap():
+    [steady] = compare_latency(_sleepy(4.0), _sleepy(2.0), (4,), [CPU1], rounds=4, warmup=1,
+                               min_iters=3, max_iters=3)
+    assert steady.stopped_by in ("ci", "max_rounds") and steady.requested_rounds == 4
+    if steady.stopped_by == "ci":
+        half = (steady.speedup_ci_high - steady.speedup_ci_low) / 2
+        assert half <= 0.05 * steady.speedup
+    [capped] = compare_latency(_sleepy(4.0), _sleepy(2.0, slow_round=2), (4,), [CPU1],
+                               rounds=4, warmup=1, min_iters=3, max_iters=3, max_rounds=6,
+                               target_ci=1e-9)
+    assert capped.stopped_by == "max_rounds" and capped.rounds == 6

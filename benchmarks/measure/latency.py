@@ -5,7 +5,14 @@ memory format and cuDNN settings, in interleaved rounds with alternating order (
 The speed-up is the median of the per-round ratios t_teacher / t_student. Its 95 % CI is taken
 over rounds, never over iterations (iterations within a round are autocorrelated): a BCa
 bootstrap of the median (``scipy.stats.bootstrap``, fixed seed) from ``BOOTSTRAP_MIN_ROUNDS``
-rounds on, a t-interval over the per-round ratios below that, where BCa is unreliable.
+rounds on; below that, where BCa is unreliable, a normal-approximation interval of the
+median (t quantile x 1.2533 s / sqrt(n), centred on the median the result reports).
+
+Rounds are adaptive: after the requested ``rounds``, pairs of rounds (T,S then S,T) are added
+until the CI half-width is at most ``target_ci`` (5 %) of the median, ``max_rounds`` (4x the
+requested rounds by default) are done, or the setting has run ``max_seconds``; the result
+says which ended it (``stopped_by``). A noisy machine then shows as a wider CI and more
+rounds, not as a different median.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ NOISE_WARN = 0.10  # IQR/median thresholds of torch.utils.benchmark's Measuremen
 NOISE_RERUN = 0.25
 P99_MIN_SAMPLES = 1000  # below this, "p99" is just one of the few largest samples
 BOOTSTRAP_MIN_ROUNDS = 8
+TARGET_CI = 0.05  # adaptive rounds stop when the CI half-width is <= 5 % of the median
+MAX_ROUND_FACTOR = 4  # ... or after 4x the requested rounds
+MAX_SETTING_S = 60.0  # ... or after a minute on one setting
+MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)  # SE(median) / SE(mean) for normal data
 BOOTSTRAP_SEED = 0
 CUDA_MIN_WARMUP = 50
 THROUGHPUT_BATCH = 64
@@ -64,14 +75,18 @@ class LatencyResult:
     speedup: float  # median of per-round t_teacher / t_student
     speedup_ci_low: float | None  # 95 % CI over rounds; None with fewer than 2 rounds
     speedup_ci_high: float | None
-    speedup_ci_method: str  # "bca-bootstrap", "t-interval", "degenerate" (no spread) or "none"
+    # "bca-bootstrap", "median-normal" (< BOOTSTRAP_MIN_ROUNDS), "degenerate" (no spread), "none"
+    speedup_ci_method: str
     round_ratios: list[float]
-    rounds: int
+    rounds: int  # rounds done (the requested ones plus adaptive ones)
     warmup: int
     channels_last: bool
     teacher_noise: str  # "ok" / "warn" / "rerun" from the pooled IQR/median
     student_noise: str
     noise: str  # the worse of the two
+    # what ended the rounds: "ci" (half-width <= target), "max_rounds", "time" or "fixed"
+    stopped_by: str = "fixed"
+    requested_rounds: int = 0
 
 
 def usable_cores() -> int:
@@ -131,13 +146,13 @@ def speedup_ci(ratios: Sequence[float]) -> tuple[float | None, float | None, str
         low, high = _bca_median_ci(r)
         if np.isfinite([low, high]).all():
             return low, high, "bca-bootstrap"
-    low, high = _t_interval(r)
-    return low, high, "t-interval"
+    low, high = _median_normal_interval(r)
+    return low, high, "median-normal"
 
 
 def _bca_median_ci(r: np.ndarray) -> tuple[float, float]:
     with warnings.catch_warnings():
-        # heavily tied ratios make BCa degenerate (NaN); the caller then uses the t-interval
+        # heavily tied ratios make BCa degenerate (NaN); the caller then uses median-normal
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         res = stats.bootstrap(
             (r,), np.median, method="BCa", confidence_level=0.95,
@@ -146,9 +161,11 @@ def _bca_median_ci(r: np.ndarray) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _t_interval(r: np.ndarray) -> tuple[float, float]:
-    half = stats.t.ppf(0.975, r.size - 1) * r.std(ddof=1) / math.sqrt(r.size)
-    return float(r.mean() - half), float(r.mean() + half)
+def _median_normal_interval(r: np.ndarray) -> tuple[float, float]:
+    """The median ± t(0.975, n-1) x 1.2533 s / sqrt(n): centred where the result reports."""
+    half = stats.t.ppf(0.975, r.size - 1) * MEDIAN_SE_FACTOR * r.std(ddof=1) / math.sqrt(r.size)
+    median = float(np.median(r))
+    return median - float(half), median + float(half)
 
 
 def time_iterations(
@@ -180,6 +197,9 @@ def compare_latency(
     target_round_s: float = 0.2,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
+    max_rounds: int | None = None,
+    target_ci: float = TARGET_CI,
+    max_seconds: float = MAX_SETTING_S,
 ) -> list[LatencyResult]:
     """Speed-up of ``student`` over ``teacher`` per setting (default: ``default_settings``).
 
@@ -187,6 +207,8 @@ def compare_latency(
     mode under ``inference_mode``, and their train/eval flags, the thread count, cuDNN benchmark
     flag and (with ``channels_last``) memory format are given back afterwards. ``warmup``
     defaults to 10 iterations on CPU and 50 on CUDA, where it is never less than 50.
+    ``max_rounds`` (default ``MAX_ROUND_FACTOR`` x ``rounds``; ``rounds`` itself: fixed),
+    ``target_ci`` and ``max_seconds`` bound the adaptive rounds (module docstring).
     """
     dev = torch.device(device)
     if rounds < 1 or min_iters < 1 or max_iters < min_iters or target_round_s <= 0:
@@ -200,7 +222,11 @@ def compare_latency(
         if torch.device(s.device).type != dev.type:
             raise ValueError(f"setting {s} is for device {s.device!r}, models are on {str(dev)!r}")
     _check_device(dev, teacher=teacher, student=student)
-    plan = _Plan(rounds, warmup, min_iters, max_iters, target_round_s, channels_last)
+    max_rounds = rounds * MAX_ROUND_FACTOR if max_rounds is None else max_rounds
+    if max_rounds < rounds:
+        raise ValueError(f"max_rounds ({max_rounds}) must be >= rounds ({rounds})")
+    plan = _Plan(rounds, warmup, min_iters, max_iters, target_round_s, channels_last,
+                 max_rounds, target_ci, max_seconds)
     with evaluating(teacher, student), _memory_format(channels_last, teacher, student):
         return [_measure_setting(teacher, student, example_shape_without_batch, s, plan)
                 for s in settings]
@@ -214,6 +240,9 @@ class _Plan:
     max_iters: int
     target_round_s: float
     channels_last: bool
+    max_rounds: int
+    target_ci: float
+    max_seconds: float
 
 
 def _warmup_for(dev: torch.device, warmup: int | None) -> int:
@@ -244,19 +273,43 @@ def _measure_setting(
     models = {"teacher": teacher, "student": student}
     with _threads(setting.threads), _cudnn_benchmark(sync), torch.inference_mode():
         iters = {k: _calibrate(m, x, plan, sync) for k, m in models.items()}
+        start = time.perf_counter()
         per_round = _interleaved_rounds(models, x, iters, plan.rounds, sync)
-    ratios = [float(np.median(t) / np.median(s))
-              for t, s in zip(per_round["teacher"], per_round["student"], strict=True)]
-    low, high, method = speedup_ci(ratios)
+        while True:
+            ratios = [float(np.median(t) / np.median(s))
+                      for t, s in zip(per_round["teacher"], per_round["student"], strict=True)]
+            low, high, method = speedup_ci(ratios)
+            stopped = _stop(ratios, low, high, plan, time.perf_counter() - start)
+            if stopped:
+                break
+            more = _interleaved_rounds(models, x, iters, 2, sync)  # T,S then S,T: balanced
+            for k in models:
+                per_round[k] += more[k]
     result = {k: _model_latency(per_round[k], iters[k], setting.batch) for k in models}
     flags = {k: result[k].stats["noise"] for k in models}
     return LatencyResult(
         setting=setting, teacher=result["teacher"], student=result["student"],
         speedup=float(np.median(ratios)), speedup_ci_low=low, speedup_ci_high=high,
-        speedup_ci_method=method, round_ratios=ratios, rounds=plan.rounds, warmup=plan.warmup,
+        speedup_ci_method=method, round_ratios=ratios, rounds=len(ratios), warmup=plan.warmup,
         channels_last=plan.channels_last, teacher_noise=flags["teacher"],
         student_noise=flags["student"], noise=max(flags.values(), key=NOISE_ORDER.index),
+        stopped_by=stopped, requested_rounds=plan.rounds,
     )
+
+
+def _stop(ratios: list[float], low: float | None, high: float | None, plan: _Plan,
+          elapsed_s: float) -> str:
+    """Why the rounds end now ("" to go on): CI narrow enough, round cap or time cap."""
+    if plan.max_rounds == plan.rounds:
+        return "fixed"
+    median = float(np.median(ratios))
+    if low is not None and high is not None and (high - low) / 2 <= plan.target_ci * median:
+        return "ci"
+    if len(ratios) + 2 > plan.max_rounds:
+        return "max_rounds"
+    if elapsed_s >= plan.max_seconds:
+        return "time"
+    return ""
 
 
 def _example_input(
