@@ -10,7 +10,9 @@ harness tests every claim on the run records of a suite/budget, per pair and dat
   H0: Δ = the margin on the claimed side;
 - verdict "holds" when the interval of the claimed advantage (Δ − margin for "higher",
   −Δ − margin for "lower") lies entirely above 0, "contradicted" when it lies entirely below,
-  "not shown" otherwise, "not run" when a row, or the metric, has no records. With fewer
+  "not shown" otherwise, "not run" when a row, or the metric, has no records ("not
+  applicable" when no run of the suite reports the metric, e.g. rank-1 on a classification
+  suite). With fewer
   than 3 seeds on either side the verdict is "not shown (n<3)", never holds or contradicted.
 - A reference of ``teacher`` means the teacher each run of the row was measured against, as
   its own records carry it (its metrics, ratios and speed-ups of 1, its params/MACs), as the
@@ -54,7 +56,10 @@ DIRECTIONS = ("higher", "lower")
 ALPHA = 0.05
 MIN_SEEDS = 3
 BASELINES = ("teacher", "scratch", "kd")
-VERDICTS = ("holds", "contradicted", "not shown", "not shown (n<3)", "not run")
+# Metrics of opt-in evaluators (--evaluators robust): missing means not run, not inapplicable.
+OPT_IN_METRICS = ("robust_top1",)
+VERDICTS = ("holds", "contradicted", "not shown", "not shown (n<3)", "not run",
+            "not applicable")
 PAIR_KEYS = ["suite", "dataset", "data_source", "budget", "teacher", "student"]
 COLUMNS = [
     "method", "text", "row", "beats", "metric", "direction", "margin", "deploy",
@@ -242,6 +247,11 @@ def evaluate_claim(claim: Claim, pair_runs: pd.DataFrame) -> dict[str, Any]:
     if diff.exact:
         notes.append("exact: both sides constant over seeds, no sampling error")
     result["verdict"] = verdict(claim, len(a), len(b), diff.ci_low, diff.ci_high)
+    if claim.metric in QUALITY_METRICS and claim.metric not in OPT_IN_METRICS \
+            and not _values(pair_runs, claim.metric):
+        # no run of this suite reports the metric (rank-1 of a ReID claim on classification)
+        result["verdict"] = "not applicable"
+        notes = [f"the suite reports no {claim.metric}"]
     result["note"] = "; ".join(notes)
     return result
 
@@ -393,7 +403,7 @@ def write_claims(frame: pd.DataFrame, results_dir: Path, suite: str,
 
 
 VERDICT_STYLE = {"holds": "green", "contradicted": "bold red", "not shown": "yellow",
-                 "not shown (n<3)": "yellow", "not run": "dim"}
+                 "not shown (n<3)": "yellow", "not run": "dim", "not applicable": "dim"}
 
 
 def render_claims(frame: pd.DataFrame, title: str = "") -> Table:

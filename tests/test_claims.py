@@ -292,3 +292,14 @@ def test_write_claims_replaces_the_files_and_report_includes_the_claims(tmp_path
     assert "<beats>" not in page and len(paths) >= 2
     plain = write_report(leaderboard(records), tmp_path / "plain", "cifar100", "smoke")
     assert "Paper claims" not in plain[0].read_text() and "Paper claims" not in plain[1].read_text()
+
+
+def test_a_metric_the_suite_never_reports_is_not_applicable(tmp_path):
+    records = board(tmp_path, [("kdas_reid", [80.0, 81.0, 82.0], {}),
+                               ("teacher", [90.0, 90.0, 90.0], {})])
+    frame = claims_frame(records, {"kdas_reid": (
+        Claim("kdas_reid", "teacher", "rank1", text="beats the teacher's rank-1"),
+        Claim("kdas_reid", "teacher", "robust_top1", text="robust"))})
+    rank1 = only(frame, metric="rank1")
+    assert rank1["verdict"] == "not applicable" and rank1["note"] == "the suite reports no rank1"
+    assert only(frame, metric="robust_top1")["verdict"] == "not run"  # opt-in: could be run
