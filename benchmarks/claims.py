@@ -50,7 +50,7 @@ QUALITY_METRICS = ("top1", "top5", "robust_top1", "rank1", "rank5", "rank10", "m
                    "AP75")
 # Figures of the measured model (runs_frame columns); usually constant over seeds.
 STRUCTURAL_METRICS = ("params_ratio", "macs_ratio", "params", "macs", "artifact_bytes",
-                      "bits_per_weight")
+                      "weight_bytes", "size_ratio", "bits_per_weight")
 SPEEDUP_PREFIX = "speedup_"  # e.g. speedup_cpu_t1_b1, speedup_cpu_compiled_t1_b1
 DIRECTIONS = ("higher", "lower")
 ALPHA = 0.05

@@ -181,6 +181,7 @@ class ProgramReport:
     other_tensors: int  # elements of the remaining tensors (scales, zero points)
     bits_per_weight: float  # stored bits per weight element: (8·int8 + 32·float) / both
     dtypes: dict[str, int] = field(default_factory=dict)  # elements per dtype
+    weight_bytes: int = 0  # bytes of every stored tensor (weights, scales, zero points)
 
 
 def program_report(module: nn.Module, input_shape: Sequence[int]) -> ProgramReport:
@@ -196,10 +197,11 @@ def program_report(module: nn.Module, input_shape: Sequence[int]) -> ProgramRepo
     params = set(signature.inputs_to_parameters.values())
     tensors = {**ep.state_dict, **ep.constants}
     dtypes: dict[str, int] = {}
-    int8 = floats = other = 0
+    int8 = floats = other = stored = 0
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             continue
+        stored += t.numel() * t.element_size()
         dtypes[str(t.dtype).removeprefix("torch.")] = dtypes.get(
             str(t.dtype).removeprefix("torch."), 0) + t.numel()
         if t.dtype == torch.int8:
@@ -210,7 +212,7 @@ def program_report(module: nn.Module, input_shape: Sequence[int]) -> ProgramRepo
             other += t.numel()
     weights = int8 + floats
     bits = (8 * int8 + 32 * floats) / weights if weights else 32.0
-    return ProgramReport(len(buffer.getvalue()), int8, floats, other, bits, dtypes)
+    return ProgramReport(len(buffer.getvalue()), int8, floats, other, bits, dtypes, stored)
 
 
 class CompiledProgram(nn.Module):

@@ -94,15 +94,19 @@ def quantize_onnx_int8(fp32: Path, out: Path, calibration: Sequence[torch.Tensor
     return out
 
 
-def weight_bits(path: Path, params: int) -> float:
-    """Stored bits per logical weight: the file's initializer bytes over the float graph's
-    parameter count (int8 weights: about 8, plus their scales)."""
+def initializer_bytes(path: Path) -> int:
+    """Bytes of the ONNX file's stored tensors (weights, scales, zero points)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    stored = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-    return 8.0 * stored / max(1, params)
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+def weight_bits(path: Path, params: int) -> float:
+    """Stored bits per logical weight: the file's initializer bytes over the float graph's
+    parameter count (int8 weights: about 8, plus their scales)."""
+    return 8.0 * initializer_bytes(path) / max(1, params)
 
 
 class OrtProgram(nn.Module):

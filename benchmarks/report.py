@@ -67,7 +67,7 @@ def markdown(board: pd.DataFrame, suite: str, budget: str) -> str:
         parts.append(f"**{source_label(source)}**")
         speed = speedup_columns(rows)
         header = ["pair", "method", "n", f"{rows['metric_name'].iloc[0]} (mean ± std)",
-                  "95% CI", "Δ vs ref", "tied best", "params×", "MACs×",
+                  "95% CI", "Δ vs ref", "tied best", "params×", "MACs×", "size×",
                   *[c.removeprefix("speedup_") + " speed-up" for c in speed]]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, r in rows.iterrows():
@@ -78,7 +78,8 @@ def markdown(board: pd.DataFrame, suite: str, budget: str) -> str:
                      f"{_num(r['metric_mean'])} ± {_num(r['metric_std'])}",
                      f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", delta,
                      _flag(r["tied_with_best"]), _num(r["params_ratio"], ".3f"),
-                     _num(r["macs_ratio"], ".3f"), *[speedup_cell(r, c) for c in speed]]
+                     _num(r["macs_ratio"], ".3f"), _num(r.get("size_ratio"), ".3f"),
+                     *[speedup_cell(r, c) for c in speed]]
             lines.append("| " + " | ".join(claim_tables.md_cell(c) for c in cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -101,7 +102,7 @@ def html_columns(board: pd.DataFrame) -> list[Column]:
         ("pair", "text"), ("method", "text"), ("n", "num"), ("metric mean", "num"),
         ("± std", "num"), ("95% CI", "num"), ("Δ vs ref", "num"), ("reference", "text"),
         ("tied with best", "text"), ("params", "num"), ("params×", "num"), ("MACs", "num"),
-        ("MACs×", "num"),
+        ("MACs×", "num"), ("size×", "num"),
         *[(c.removesuffix("_mean"), "num") for c in extra_metric_columns(board)],
         *[(c.removeprefix("speedup_") + " speed-up", "num") for c in speedup_columns(board)],
         ("notes", "text")]]
@@ -122,6 +123,7 @@ def html_cells(r: pd.Series, board: pd.DataFrame) -> list[tuple[str, object]]:
         (_flag(r["tied_with_best"]), _flag(r["tied_with_best"])),
         (f"{int(r['params']):,}", r["params"]), num(r["params_ratio"], ".3f"),
         (f"{int(r['macs']):,}", r["macs"]), num(r["macs_ratio"], ".3f"),
+        num(r.get("size_ratio"), ".3f"),
         *[num(r[c]) for c in extra_metric_columns(board)],
         *[(speedup_cell(r, c), num(r[c])[1]) for c in speedup_columns(board)],
         (r["notes"] or "", r["notes"] or ""),

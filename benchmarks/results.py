@@ -79,6 +79,11 @@ class RunRecord:
     deploy: str = "fp32"
     deploy_status: str = "ok"
     bits_per_weight: float = 32.0  # stored bits per weight element of the deployed artifact
+    # Bytes of the stored tensors alone (weights, buffers, quantization scales), without the
+    # program's graph and example input (about half of a small int8 program's file); the
+    # board's size× compares these with the teacher's.
+    weight_bytes: int | None = None
+    teacher_weight_bytes: int | None = None
     macs_dtype: str = "fp32"  # what the MACs run as: the float graph's MACs, in this dtype
     # benchmarks.run_config: the hash of everything that determines the result (not the seed)
     config_hash: str = ""
@@ -305,6 +310,10 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["deploy_status"] = r.get("deploy_status", "ok")
         row["bits_per_weight"] = r.get("bits_per_weight", 32.0)
         row["artifact_bytes"] = r.get("artifact_bytes")
+        row["weight_bytes"] = r.get("weight_bytes")
+        row["size_ratio"] = (r["weight_bytes"] / r["teacher_weight_bytes"]
+                             if r.get("weight_bytes") and r.get("teacher_weight_bytes")
+                             else math.nan)
         row["macs_dtype"] = r.get("macs_dtype", "fp32")
         for name, value in r["metrics"].items():
             row[f"metric:{name}"] = value
@@ -372,6 +381,8 @@ def leaderboard(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             deploy_status=grp["deploy_status"].iloc[0], macs_dtype=grp["macs_dtype"].iloc[0],
             bits_per_weight=grp["bits_per_weight"].mean(),
             artifact_bytes=_structural(grp["artifact_bytes"]),
+            weight_bytes=_structural(grp["weight_bytes"]) if grp["weight_bytes"].notna().all()
+            else math.nan, size_ratio=grp["size_ratio"].mean(),
         )
         for col in sorted(c for c in grp.columns if c.startswith("metric:")):
             name = col.removeprefix("metric:")
@@ -547,12 +558,13 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
         speed_cols and "speed-up: teacher latency / model latency, 1 thread, batch 1, in "
         "the row's runtime (eager; compiled for int8; onnxruntime for onnx)",
         "±: half-width of its 95 % CI, ⚠: noisy timing (re-run)",
+        "size×: stored weight bytes vs the teacher's (int8: 1 byte a weight)",
         "≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
     table = Table(title=title.strip(" ·"), caption=caption or None, box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1), show_lines=False)
     headers = [*(["data"] if show_source else []), *(["pair"] if show_pair else []),
                "method", "n", f"{metric_name} ± std", *extra, "Δ vs ref",
-               "params×", "MACs×",
+               "params×", "MACs×", "size×",
                *(["speed-up"] if speed_cols and not wide else
                  [c.removeprefix("speedup_").replace("_", " ") + " ×" for c in speed_cols]),
                *(["notes"] if wide else [])]
@@ -581,6 +593,7 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
             f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}{mark}",
             *[_fmt(r[f"{m}_mean"]) for m in extra], delta,
             _fmt(r["params_ratio"], ".3f"), _fmt(r["macs_ratio"], ".3f"),
+            _fmt(r.get("size_ratio", math.nan), ".3f"),
             *([speedup_cell(r, c) for c in speed_cols] if wide else
               [speedup_cell(r, next((c for c in tracks if pd.notna(r.get(c))), speed_cols[0]))]
               if speed_cols else []),

@@ -47,6 +47,7 @@ from benchmarks.deploy_onnx import (
     ONNX_TARGETS,
     OrtProgram,
     export_onnx,
+    initializer_bytes,
     quantize_onnx_int8,
     runtime_versions,
     weight_bits,
@@ -541,6 +542,7 @@ class Harness:
             reference=method.reference,
             params=report.params, params_nonzero=report.params_nonzero, macs=report.macs,
             flops=report.flops, artifact_bytes=report.artifact_bytes,
+            weight_bytes=report.weight_bytes, teacher_weight_bytes=t_report.weight_bytes,
             teacher_params=t_report.params, teacher_macs=t_report.macs,
             params_ratio=report.params / t_report.params,
             macs_ratio=report.macs / t_report.macs,
@@ -677,6 +679,7 @@ class Harness:
             details["evaluators"] = evaluated_with
         return dataclasses.replace(
             base, metrics=metrics, artifact_bytes=size.artifact_bytes,
+            weight_bytes=size.weight_bytes,
             bits_per_weight=size.bits_per_weight, latency=latency,
             model_report={**base.model_report, "macs_dtype": "int8",
                           "artifact_bytes": size.artifact_bytes},
@@ -720,6 +723,7 @@ class Harness:
             details["evaluators"] = evaluated_with
         return dataclasses.replace(
             base, metrics=metrics, artifact_bytes=path.stat().st_size, bits_per_weight=bits,
+            weight_bytes=initializer_bytes(path),
             latency=latency, macs_dtype="int8" if int8 else "fp32",
             artifacts={"onnx": {"path": str(path.relative_to(self.results_dir)),
                                 "sha256": sha256_of(path), "bytes": path.stat().st_size}},

@@ -22,11 +22,12 @@ from detection.suite import DETECTION_CLAIMS
 
 
 def record(method, seed, top1, *, teacher_top1=72.0, params=100, macs=1000, deploy="fp32",
-           data_source="real", artifact_bytes=1, extra=None):
+           data_source="real", artifact_bytes=1, weight_bytes=None, extra=None):
     """A real RunRecord (the project's own dataclass), varied where a test needs it."""
     r = make_record(method, seed, top1, teacher_top1=teacher_top1, params=params, macs=macs,
                     data_source=data_source)
     return dataclasses.replace(r, deploy=deploy, artifact_bytes=artifact_bytes,
+                               weight_bytes=weight_bytes,
                                metrics={**r.metrics, **(extra or {})})
 
 
@@ -221,14 +222,15 @@ def test_lower_is_better_structural_claims_are_exact(tmp_path):
 def test_deployments_are_separate_rows(tmp_path):
     for seed in range(3):
         write_record(record("hybrid_lowrank_quant", seed, 70.5 + seed / 10,
-                            artifact_bytes=4000), tmp_path)
+                            artifact_bytes=8000, weight_bytes=4000), tmp_path)
         write_record(record("hybrid_lowrank_quant", seed, 70.0 + seed / 10, deploy="int8",
-                            artifact_bytes=1000), tmp_path)
+                            artifact_bytes=5000, weight_bytes=1000), tmp_path)
     frame = claims_frame(load_records(tmp_path),
                          {"hybrid_lowrank_quant": METHODS.get("hybrid_lowrank_quant").claims})
-    smaller, accuracy, macs = (frame.iloc[i] for i in range(3))
-    assert smaller["metric"] == "artifact_bytes" and smaller["delta"] == -3000
+    smaller, file, accuracy, macs = (frame.iloc[i] for i in range(4))
+    assert smaller["metric"] == "weight_bytes" and smaller["delta"] == -3000
     assert smaller["verdict"] == "holds"
+    assert file["metric"] == "artifact_bytes" and file["delta"] == -3000
     assert accuracy["delta"] == pytest.approx(-0.5) and accuracy["verdict"] == "holds"  # > −1
     assert macs["verdict"] == "holds"  # 1000/4000 MACs
 

@@ -101,8 +101,26 @@ def test_int8_artifact_is_about_a_quarter_of_fp32_for_conv_weights():
     assert 8.0 < int8.bits_per_weight < 8.2  # the fp32 biases are the only wider weights
     assert fp32.bits_per_weight == 32.0
     assert 0.22 < int8.artifact_bytes / fp32.artifact_bytes < 0.32
+    # the weights alone: int8 elements at 1 byte, scales and biases beside them
+    assert fp32.weight_bytes == 4 * sum(p.numel() for p in model.parameters())
+    assert conv_weights <= int8.weight_bytes < 0.26 * fp32.weight_bytes
+    assert int8.weight_bytes < int8.artifact_bytes  # the file also holds the graph
     # the dead fp32 originals that PT2E keeps beside the int8 copies are not shipped
     assert "float32" not in int8.dtypes or int8.dtypes["float32"] < conv_weights / 10
+
+
+def test_board_size_ratio_compares_weight_bytes_with_the_teachers(tmp_path):
+    from test_results import make_record
+
+    from benchmarks.results import leaderboard, load_records, write_record
+
+    for seed in range(2):
+        record = make_record("kd", seed, 70.0)
+        record.weight_bytes, record.teacher_weight_bytes = 250, 1000
+        write_record(record, tmp_path)
+    board = leaderboard(load_records(tmp_path))
+    assert board.loc[0, "size_ratio"] == 0.25 and board.loc[0, "weight_bytes"] == 250
+    assert "size×" in [c.header for c in render_table(board).columns]
 
 
 class DataDependent(nn.Module):

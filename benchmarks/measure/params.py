@@ -43,6 +43,9 @@ class ModelReport:
     export_error: str | None  # why strict export failed (also when non-strict then worked)
     macs_error: str | None
     problems: list[str] = field(default_factory=list)
+    # bytes of the tensors the deployed graph reads (weights and buffers): the model's size
+    # without the program's graph, code or stored example input
+    weight_bytes: int = 0
 
 
 @contextlib.contextmanager
@@ -90,6 +93,7 @@ def inspect_model(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> M
         export_error=export_error,
         macs_error=macs_error,
         problems=deployment_problems(model),
+        weight_bytes=sum(t.numel() * t.element_size() for t in (*params, *buffers)),
     )
 
 
