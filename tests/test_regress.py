@@ -129,6 +129,28 @@ def test_speedups_fail_only_when_they_drop_by_more_than_the_tolerance(results):
         ("kd", "speedup_cpu_t1_b1")]
 
 
+def test_speedups_with_cis_fail_only_when_the_ci_lies_wholly_below_the_baselines():
+    base = pd.DataFrame([{"suite": "cifar100", "data_source": "real", "teacher": "t",
+                          "student": "s", "method": "kd", "params": 1, "macs": 1,
+                          "params_ratio": 1.0, "macs_ratio": 1.0, "metric_name": "top1",
+                          "metric_seed0": 70.0, "metric_std": 0.5, "n_test": 1000,
+                          "speedup_cpu_t1_b1": 2.0, "ci_low_speedup_cpu_t1_b1": 1.8,
+                          "ci_high_speedup_cpu_t1_b1": 2.2}])
+
+    def now(median, low, high):
+        return base.assign(speedup_cpu_t1_b1=median, ci_low_speedup_cpu_t1_b1=low,
+                           ci_high_speedup_cpu_t1_b1=high)
+
+    def failed(frame):
+        return [c.figure for c in compare(base, frame) if not c.ok]
+
+    assert failed(now(1.3, 0.9, 1.7)) == []  # noisy: a wide CI reaching the baseline's
+    assert failed(now(1.5, 1.45, 1.55)) == ["speedup_cpu_t1_b1"]  # wholly below 0.9 x 1.8
+    assert failed(now(1.7, 1.63, 1.66)) == []  # within the 10 % tolerance
+    [check] = [c for c in compare(base, now(1.5, 1.45, 1.55)) if c.figure.startswith("speed")]
+    assert "CI" in check.tolerance
+
+
 def test_each_suite_gates_its_own_methods():
     from benchmarks.regress import REGRESS_METHODS, gate_methods
 
