@@ -2,7 +2,11 @@
 
 Both train the same student with the same KD loss on the same batches (the device-side
 ``BatchLoader``, so only the loop differs), in the same process, in alternating rounds.
-Prints images/s of each and their ratio (goal: harness / hand-written >= 0.95).
+Prints images/s of each and their ratio as the median of per-round (paired) ratios with a
+95 % CI over rounds, as latency does (goal: harness / hand-written >= 0.95); the harness with
+channels_last against NCHW, paired the same way; and the share of this machine's matmul
+peak (``torch.mm``, same threads) the harness reaches: training FLOPs = 3x the student's
+forward (forward + backward) + the teacher's forward.
 
     python -m benchmarks.perf.train_throughput [--teacher resnet20 --student resnet8]
 """
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 from benchmarks.config import TrainRecipe
 from benchmarks.data import BatchLoader, load_cifar100, write_cifar100
 from benchmarks.data.cifar100 import load_folder
+from benchmarks.measure import count_flops
+from benchmarks.measure.latency import speedup_ci
 from benchmarks.method import FrozenTeacher
 from benchmarks.registry import build_model
 from benchmarks.train import fit
@@ -75,27 +81,64 @@ def main(argv: list[str] | None = None) -> None:
     recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, schedule="cosine")
     teacher = FrozenTeacher(build_model(args.teacher, data.num_classes))
     images = args.epochs * (len(split) // args.batch_size) * args.batch_size
-    rates: dict[str, list[float]] = {"hand-written": [], "harness": []}
-    loops = {"hand-written": hand_written, "harness": harness}
+    rates: dict[str, list[float]] = {"hand-written": [], "harness": [],
+                                     "harness, channels_last": []}
+    nhwc = recipe.replace(cpu_channels_last=True)
+    loops = {"hand-written": hand_written, "harness": harness,
+             "harness, channels_last": lambda s, t, loader, _: harness(s, t, loader, nhwc)}
     for r in range(args.rounds + 1):  # round 0 warms up both loops and is discarded
         order = list(loops) if r % 2 else list(loops)[::-1]
         for name in order:
             torch.manual_seed(r)
             student = build_model(args.student, data.num_classes)
             loader = BatchLoader(split, args.batch_size, mean=data.mean, std=data.std,
-                                 train=True, seed=r)
+                                 train=True, seed=r,
+                                 channels_last=name == "harness, channels_last")
             t0 = time.perf_counter()
             loops[name](student, teacher, loader, recipe)
             if r:
                 rates[name].append(images / (time.perf_counter() - t0))
     hand, ours = (statistics.median(rates[k]) for k in ("hand-written", "harness"))
+    ratio = paired(rates["harness"], rates["hand-written"])
+    nhwc = paired(rates["harness, channels_last"], rates["harness"])
+    example = (torch.randn(1, *data.input_shape),)
+    flops = (3 * count_flops(build_model(args.student, data.num_classes), example)
+             + count_flops(teacher.model, example))
+    peak = matmul_peak_gflops()
     print(f"training throughput, KD {args.teacher}->{args.student}, batch {args.batch_size}, "
           f"{args.threads} threads, {images} images x {args.rounds} rounds")
     print(f"  hand-written loop : {hand:8.1f} img/s  (rounds: "
           f"{', '.join(f'{v:.1f}' for v in rates['hand-written'])})")
     print(f"  harness fit()     : {ours:8.1f} img/s  (rounds: "
           f"{', '.join(f'{v:.1f}' for v in rates['harness'])})")
-    print(f"  ratio harness / hand-written: {ours / hand:.3f}  (goal >= 0.95)")
+    cl = statistics.median(rates["harness, channels_last"])
+    print(f"  harness, channels_last: {cl:8.1f} img/s")
+    print(f"  harness / hand-written: {ratio}  (median of paired round ratios; goal >= 0.95)")
+    print(f"  channels_last / NCHW  : {nhwc}")
+    achieved = ours * flops / 1e9
+    print(f"  training FLOPs {flops / 1e6:.1f} M/image -> {achieved:.1f} GFLOP/s = "
+          f"{100 * achieved / peak:.0f} % of the torch.mm peak ({peak:.1f} GFLOP/s, "
+          f"{args.threads} threads)")
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """Median of per-round ratios a/b with its 95 % CI over rounds (benchmarks.measure)."""
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    low, high, method = speedup_ci(ratios)
+    ci = "" if low is None else f" [{low:.3f}, {high:.3f}] 95 % CI ({method})"
+    return f"{statistics.median(ratios):.3f}{ci}, {len(ratios)} rounds"
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """Best-of GFLOP/s of an n x n fp32 matmul at the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 if __name__ == "__main__":
