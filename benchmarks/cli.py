@@ -245,6 +245,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
         resume=args.resume, tensorboard=args.tensorboard,
     )
+    teachers = {p.teacher for p in harness.budget.pairs}
+    unused = sorted(set(parse_assignments(args.teacher_ckpt, "--teacher-ckpt")) - teachers)
+    if unused:
+        raise ConfigError(f"--teacher-ckpt names {', '.join(unused)}, which no pair of suite "
+                          f"{suite.name!r} ({args.budget} budget) uses as teacher; its "
+                          f"teachers: {', '.join(sorted(teachers))}")
     methods = parse_methods(args.methods)
     plan = harness.plan(methods, parse_seeds(args.seeds))
     data = harness.data

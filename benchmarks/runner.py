@@ -180,11 +180,6 @@ class Harness:
             raise ConfigError(f"suite {suite.name!r} deploys model.{suite.deployed_forward}(); "
                               f"--deploy {','.join(self.deploy)} supports suites that deploy "
                               "forward() only")
-        unused = sorted(set(teacher_checkpoints or {}) - {p.teacher for p in self.budget.pairs})
-        if unused:
-            raise ConfigError(f"--teacher-ckpt names {', '.join(unused)}, which no pair of suite "
-                              f"{suite.name!r} ({budget} budget) uses as teacher; its teachers: "
-                              f"{', '.join(sorted({p.teacher for p in self.budget.pairs}))}")
         self._compiled_teachers: dict[str, CompiledProgram] = {}
         self._onnx_teachers: dict[str, OrtProgram] = {}
         self.progress = progress
