@@ -559,11 +559,13 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
         "the row's runtime (eager; compiled for int8; onnxruntime for onnx)",
         "±: half-width of its 95 % CI, ⚠: noisy timing (re-run)",
         "size×: stored weight bytes vs the teacher's (int8: 1 byte a weight)",
-        "≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
+        "Δ vs ref: T the teacher, S scratch; ≈ tied (Welch p ≥ 0.05)", "--wide: every column")))
     table = Table(title=title.strip(" ·"), caption=caption or None, box=box.SIMPLE_HEAD,
+                  expand=False, collapse_padding=True,
                   pad_edge=False, padding=(0, 1), show_lines=False)
     headers = [*(["data"] if show_source else []), *(["pair"] if show_pair else []),
-               "method", "n", f"{metric_name} ± std", *extra, "Δ vs ref",
+               "method", "n", f"{metric_name} ± std",
+               *[m if wide else m.removesuffix("_top1") for m in extra], "Δ vs ref",
                "params×", "MACs×", "size×",
                *(["speed-up"] if speed_cols and not wide else
                  [c.removeprefix("speedup_").replace("_", " ") + " ×" for c in speed_cols]),
@@ -587,7 +589,8 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
             " best" if _is_best(board, r) else " ≈best")
         delta = _fmt(r["delta_vs_reference"], "+.2f")
         if not math.isnan(r["delta_vs_reference"]):
-            delta += f" {r['reference']}" + (" ≈" if r["tied_with_reference"] else "")
+            ref = r["reference"] if wide else _REF_ABBREV.get(r["reference"], r["reference"])
+            delta += f" {ref}" + (" ≈" if r["tied_with_reference"] else "")
         table.add_row(
             *lead, escape(method), str(r["n"]),
             f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])}{mark}",
@@ -601,6 +604,9 @@ def render_table(board: pd.DataFrame, title: str = "", metrics: Sequence[str] = 
               if wide else []),
         )
     return table
+
+
+_REF_ABBREV = {"teacher": "T", "scratch": "S"}  # the compact table's Δ reference marks
 
 
 def speedup_cell(row: pd.Series, column: str) -> str:
