@@ -7,7 +7,6 @@ the record instead of a file (its numbers are still valid).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,17 +18,13 @@ from safetensors.torch import save_model
 from torch import nn
 
 from benchmarks.errors import KdbenchError
+from benchmarks.teachers import sha256_file
 
 PROGRAM = "model.pt2"
 WEIGHTS = "model.safetensors"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = sha256_file  # one file hash for teachers and artifacts
 
 
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:

@@ -145,20 +145,8 @@ def _unwritable(path: Path, exc: OSError) -> KdbenchError:
 
 def write_json_atomic(data: Any, path: Path) -> None:
     """Write JSON so that a reader sees either the old file, the new file, or none."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _unwritable(path, exc) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+    write_text_atomic(text, path)
 
 
 def replaced_path(record: Path, run_id: str) -> Path:
@@ -174,6 +162,8 @@ def write_text_atomic(text: str, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the old file
         os.replace(tmp, path)
     except OSError as exc:
         raise _unwritable(path, exc) from exc
