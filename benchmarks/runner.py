@@ -16,7 +16,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -646,19 +646,9 @@ class Harness:
         size = program_report(program.module, shape)
         batches = self.budget.latency.batch_sizes if self.measure_latency else ()
         compiled = CompiledProgram(program.module, shape, batches)
-        cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
-        try:
-            metrics, evaluated_with = run_evaluators(self.evaluators, compiled, cpu_ctx)
-        except Exception as exc:  # e.g. an evaluator that needs gradients through the model
-            raise DeployError("evaluate", exc) from exc
-        latency: list[dict[str, Any]] = []
-        if self.measure_latency:
-            t_compiled = self._compiled_teacher(teacher, teacher_info, batches)
-            try:
-                latency = [_mode_entry(r, "compiled")
-                           for r in self._cpu_latency(t_compiled, compiled)]
-            except Exception as exc:  # a compiled program that runs once but not in a loop
-                raise DeployError("latency", exc) from exc
+        metrics, evaluated_with, latency = self._score_and_time(
+            ctx, compiled, lambda: self._compiled_teacher(teacher, teacher_info, batches),
+            "compiled")
         details = {
             "target": "int8", "quantizer": QUANTIZER, "torchao": torchao_version(),
             "export_strict": program.export_strict, "export_error": program.export_error,
@@ -695,18 +685,8 @@ class Harness:
                                       self._calibration_batches(ctx))
         threads = sorted({s.threads for s in _settings("cpu", self.budget.latency.batch_sizes)})
         program = OrtProgram(path, threads)
-        cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
-        try:
-            metrics, evaluated_with = run_evaluators(self.evaluators, program, cpu_ctx)
-        except Exception as exc:  # e.g. an evaluator that needs gradients through the model
-            raise DeployError("evaluate", exc) from exc
-        latency: list[dict[str, Any]] = []
-        if self.measure_latency:
-            t_program = self._onnx_teacher(teacher, teacher_info, threads)
-            try:
-                latency = [_mode_entry(r, "ort") for r in self._cpu_latency(t_program, program)]
-            except Exception as exc:
-                raise DeployError("latency", exc) from exc
+        metrics, evaluated_with, latency = self._score_and_time(
+            ctx, program, lambda: self._onnx_teacher(teacher, teacher_info, threads), "ort")
         int8 = target == "onnx-int8"
         bits = weight_bits(path, base.params) if int8 else 32.0
         details = {"target": target, **runtime_versions(),
@@ -725,6 +705,25 @@ class Harness:
             notes=[*base.notes, f"{target} (onnxruntime CPU); MACs are the float graph's"
                                 + (f" run in int8, {bits:.2f} bits/weight" if int8 else "")],
             extras={**base.extras, "deploy": details})
+
+    def _score_and_time(self, ctx: RunContext, program: nn.Module,
+                        teacher_program: Callable[[], nn.Module], mode: str
+                        ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
+        """A deployed program's metrics (the suite's evaluators, on CPU) and its latency
+        against the teacher deployed the same way (``mode``: its board columns)."""
+        cpu_ctx = dataclasses.replace(ctx, device=torch.device("cpu"))
+        try:
+            metrics, evaluated_with = run_evaluators(self.evaluators, program, cpu_ctx)
+        except Exception as exc:  # e.g. an evaluator that needs gradients through the model
+            raise DeployError("evaluate", exc) from exc
+        latency: list[dict[str, Any]] = []
+        if self.measure_latency:
+            teacher = teacher_program()
+            try:
+                latency = [_mode_entry(r, mode) for r in self._cpu_latency(teacher, program)]
+            except Exception as exc:  # a program that runs once but not in a loop
+                raise DeployError("latency", exc) from exc
+        return metrics, evaluated_with, latency
 
     def _onnx_teacher(self, teacher: nn.Module, info: TeacherInfo,
                       threads: Sequence[int]) -> OrtProgram:
