@@ -80,7 +80,8 @@ def test_safetensors_and_onnx_exports_and_the_model_card(run):
     front = yaml.safe_load(card.split("---")[1])
     [model] = front["model-index"]
     metric = model["results"][0]["metrics"][0]
-    assert metric["value"] == pytest.approx(record["metrics"]["top1"])
+    # The card states metrics to 4 decimals (model-index values are for display).
+    assert metric["value"] == pytest.approx(record["metrics"]["top1"], abs=5e-5)
     assert "mean of 1 seeds, last epoch" in metric["name"]
     assert export_cli(tmp, "--format", "onnx", "--out", str(tmp / "onnx")) == 0
     import onnxruntime as ort
