@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -85,11 +86,20 @@ def sha256_file(path: Path) -> str:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to ``path`` via a unique temp file; equal objects give equal bytes.
+
+    Saved to a named file, torch's zip archive takes the file's name as its root folder, so
+    a random temp name would make every save of the same weights a different sha256 (and a
+    teacher retrained bit for bit a different configuration). Serialised in memory, the
+    archive's root is always ``archive``.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,7 +8,7 @@ import torch
 from benchmarks.config import TrainRecipe
 from benchmarks.errors import ConfigError
 from benchmarks.registry import build_model
-from benchmarks.teachers import TeacherCache, sha256_file, teacher_key
+from benchmarks.teachers import TeacherCache, atomic_torch_save, sha256_file, teacher_key
 
 
 def key(**changes):
@@ -49,6 +49,16 @@ def _cache_calls(tmp_path, user=None):
                          lambda m: {"top1": 12.5, "top5": 40.0})
 
     return calls, get
+
+
+def test_the_same_weights_saved_twice_have_one_sha256(tmp_path):
+    # The teacher's sha256 is part of every run's config hash: a teacher retrained bit for bit
+    # on another machine (or after the cache was cleared) must be the same configuration.
+    weights = build_model("resnet8", num_classes=10).state_dict()
+    atomic_torch_save(weights, tmp_path / "a" / "first.pt")
+    atomic_torch_save(weights, tmp_path / "b" / "second.pt")
+    assert sha256_file(tmp_path / "a" / "first.pt") == sha256_file(tmp_path / "b" / "second.pt")
+    assert list(tmp_path.rglob("*.tmp")) == []
 
 
 def test_trained_once_then_loaded_from_disk_with_its_hash(tmp_path):
