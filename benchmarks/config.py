@@ -4,6 +4,11 @@ A suite file in ``benchmarks/suites/`` names a dataset, and per budget (smoke / 
 full) the teacher-student pairs, the training recipe, the measurement settings and any
 per-method overrides. Every mapping is checked against its dataclass so that a misspelt
 key fails with a message naming it and listing the allowed keys.
+
+A field states its allowed values in its type, and the checker enforces them:
+``Literal["cosine", "linear"]`` for a choice, ``Annotated[float, Interval(gt=0, le=1)]``
+(or ``Ge``/``Gt``/``Le``/``Lt``, from the ``annotated_types`` package) for a range. Only
+checks that relate several fields stay in a config's ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import annotated_types
 from mmengine.config import Config
 
 from benchmarks.errors import ConfigError, UnknownNameError
@@ -44,7 +50,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     if required:
         raise ConfigError(f"{where} lacks required key{'s' if len(required) > 1 else ''} "
                           f"{', '.join(map(repr, required))}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -52,9 +58,30 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def check_fields(instance: Any, where: str) -> None:
+    """Check a dataclass built in code (not from a mapping) against its fields' types."""
+    hints = typing.get_type_hints(type(instance), include_extras=True)
+    for f in dataclasses.fields(instance):
+        _coerce(getattr(instance, f.name), hints[f.name], f"{where}.{f.name}")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a (simple) type hint, converting where it is lossless."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(hint)
+        value = _coerce(value, base, where)
+        if value is not None:
+            _check_bounds(value, metadata, where)
+        if any(isinstance(item, _RecipeKeys) for item in metadata):
+            TrainRecipe().replace(**value, where=where)
+        return value
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, allowed))}; "
+                              f"got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -96,6 +123,30 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _check_bounds(value: Any, metadata: list[Any], where: str) -> None:
+    """Enforce ``annotated_types`` bounds (Gt, Ge, Lt, Le, Interval) on a number."""
+    bounds: dict[str, Any] = {}
+    for item in metadata:
+        for bound in item if isinstance(item, annotated_types.GroupedMetadata) else [item]:
+            for key in ("gt", "ge", "lt", "le"):
+                if hasattr(bound, key):
+                    bounds[key] = getattr(bound, key)
+    low, high = bounds.get("gt", bounds.get("ge")), bounds.get("lt", bounds.get("le"))
+    if (("gt" not in bounds or value > bounds["gt"])
+            and ("ge" not in bounds or value >= bounds["ge"])
+            and ("lt" not in bounds or value < bounds["lt"])
+            and ("le" not in bounds or value <= bounds["le"])):
+        return
+    if low is not None and high is not None:
+        wanted = (f"in {'(' if 'gt' in bounds else '['}{low}, {high}"
+                  f"{')' if 'lt' in bounds else ']'}")
+    elif low is not None:
+        wanted = f"{'>' if 'gt' in bounds else '>='} {low}"
+    else:
+        wanted = f"{'<' if 'lt' in bounds else '<='} {high}"
+    raise ConfigError(f"{where} must be {wanted}; got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainRecipe:
     """One training schedule (the shared loop's settings)."""
@@ -129,8 +180,20 @@ class TrainRecipe:
         """Whether the loop trains (and the loaders feed) channels_last on ``device``."""
         return self.channels_last and (device.type == "cuda" or self.cpu_channels_last)
 
-    def replace(self, **changes: Any) -> TrainRecipe:
-        return from_mapping(TrainRecipe, {**dataclasses.asdict(self), **changes}, "recipe")
+    def replace(self, where: str = "recipe", **changes: Any) -> TrainRecipe:
+        return from_mapping(TrainRecipe, {**dataclasses.asdict(self), **changes}, where)
+
+
+@dataclass(frozen=True)
+class _RecipeKeys:
+    """Marks a config field of changes to the budget's ``TrainRecipe`` (checked on load)."""
+
+
+# A method config field of changes to the budget's training recipe, e.g. its paper's own
+# schedule (``field(default_factory=lambda: dict(PAPER_RECIPE))``); ``{}`` trains with the
+# suite's, as the rows it is compared with. Keys and values are checked when loaded.
+RecipeChanges = Annotated[dict[str, Any], _RecipeKeys()]
+
 
 
 @dataclass(frozen=True)

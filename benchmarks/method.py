@@ -20,7 +20,7 @@ from torch import nn
 
 from benchmarks import distributed
 from benchmarks.claims import Claim
-from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, from_mapping
+from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, check_fields, from_mapping
 from benchmarks.data import BatchLoader, ImageDataset, ImageSplit
 from benchmarks.errors import ConfigError
 from benchmarks.registry import build_model
@@ -62,7 +62,6 @@ class Method(abc.ABC):
     Config: ClassVar[type] = NoConfig
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     reference: ClassVar[str] = "teacher"
-    uses_teacher: ClassVar[bool] = True
     label: ClassVar[str] = ""  # shown on the board, e.g. "after Gao et al. 2021"
     # Deployments the method's result is always measured in besides fp32 (e.g. ("int8",) for a
     # method whose product is the quantized model); the harness quantizes, never the method.
@@ -72,6 +71,8 @@ class Method(abc.ABC):
     name: str = ""  # the registered name, set when the harness builds it
 
     def __init__(self, cfg: Any = None):
+        if cfg is not None:  # built in code rather than by make_config: check it the same way
+            check_fields(cfg, f"config of method {type(self).__name__!r}")
         self.cfg = cfg if cfg is not None else self.Config()
 
     @classmethod

@@ -20,10 +20,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from torch import nn
 
 from benchmarks.claims import Claim
@@ -44,8 +45,9 @@ from methods.common.channel_gates import (
 )
 from methods.common.features import capture, unit_hint_loss
 
-TARGETS = ("teacher", "student")
-CONTROLS = ("l1_finetune",)
+Target = Literal["teacher", "student"]
+Control = Literal["l1_finetune"]
+CONTROLS: tuple[Control, ...] = get_args(Control)
 
 
 class Selecting(nn.Module):
@@ -159,10 +161,13 @@ class ChannelSelection(Method):
 
     @dataclass(frozen=True)
     class Config:
-        target: str = "teacher"  # [R] network to compress: teacher's (from its weights) | student
-        keep_ratio: float = 0.7  # [R] channels kept per coupling group (~half the MACs)
+        # [R] network to compress: teacher's (from its weights) | student
+        target: Target = "teacher"
+        # [R] channels kept per coupling group (~half the MACs)
+        keep_ratio: Annotated[float, Interval(gt=0, le=1)] = 0.7
         ramp_fraction: float = 0.6  # [R] soft-cut fraction reaches 1 - keep_ratio after this share
-        min_channels: int = 8  # [R] a group never drops below min(this, its width)
+        # [R] a group never drops below min(this, its width)
+        min_channels: Annotated[int, Ge(1)] = 8
         mask_init: tuple[float, float] = (0.9, 1.1)  # [R] coefficients drawn from U(low, high)
         temperature: float = 4.0  # [R]
         ce_weight: float = 1.0
@@ -171,32 +176,20 @@ class ChannelSelection(Method):
         l1: float = 1e-4  # [R] lambda: explicit L1 on the coefficients (no weight decay on them)
         epochs: int | None = None  # selection phase; None: the budget's
         lr: float | None = None  # selection phase; None: the budget's
-        finetune_epochs: int = 20  # [R] after the hard cut, same KD loss on the logits
+        # [R] after the hard cut, same KD loss on the logits
+        finetune_epochs: Annotated[int, Ge(0)] = 20
         finetune_lr: float = 0.01  # [R] cosine
         train_images: int | None = None  # None: the budget's whole training split
         # Control rows: "l1_finetune" (the same channel counts per group kept by filter L1
         # of the trained network, then the same fine-tune); only with target "teacher", the
         # student's initial filters carry no L1 ranking worth testing against
-        controls: tuple[str, ...] = CONTROLS
+        controls: tuple[Control, ...] = CONTROLS
 
         def __post_init__(self) -> None:
-            if self.target not in TARGETS:
-                raise ConfigError(f"channel_selection: target must be one of "
-                                  f"{', '.join(TARGETS)}; got {self.target!r}")
-            if not 0.0 < self.keep_ratio <= 1.0:
-                raise ConfigError(f"channel_selection: keep_ratio must be in (0, 1]; "
-                                  f"got {self.keep_ratio}")
             low, high = self.mask_init
             if not 0.0 < low <= high:
                 raise ConfigError(f"channel_selection: mask_init must be (low, high) with "
                                   f"0 < low <= high; got {self.mask_init}")
-            if self.min_channels < 1 or self.finetune_epochs < 0:
-                raise ConfigError("channel_selection: min_channels must be >= 1 and "
-                                  "finetune_epochs >= 0")
-            unknown = set(self.controls) - set(CONTROLS)
-            if unknown:
-                raise ConfigError(f"channel_selection: controls: unknown {sorted(unknown)}; "
-                                  f"known: {', '.join(CONTROLS)}")
 
     # Two short selection epochs (cut ramp 0.15 -> 0.3), hard cut, one fine-tune epoch.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {

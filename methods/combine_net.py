@@ -28,10 +28,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 from kneed import KneeLocator
 from torch import nn
 
@@ -53,7 +54,7 @@ from methods.common.pruning import (
     l1_kept_channels,
 )
 
-RATE_MODES = ("global", "per_block")
+RateMode = Literal["global", "per_block"]
 PLOT_NAME = "combine_net_curve.png"
 
 
@@ -154,7 +155,7 @@ class CombineNet(Method):
     @dataclass(frozen=True)
     class Config:
         rates: tuple[float, ...] = tuple(i / 20 for i in range(20))  # 0, 0.05, ..., 0.95 [R]
-        rate_mode: str = "global"  # "global" | "per_block"
+        rate_mode: RateMode = "global"
         calib_batches: int = 100  # Adaptive BN: EagleEye's ~100 training batches
         calib_batch_size: int = 64
         val_images: int = 5000  # held out of the training split to score candidates [R]
@@ -166,7 +167,7 @@ class CombineNet(Method):
         # EagleEye's ResNet-50 −50 % FLOPs target, between the paper's ResNet-50 CIFAR-100
         # figures read as uniform rates (−41 % FLOPs: r ≈ 0.23; −71 % params: r ≈ 0.46).
         fallback_tolerance: float = 1.0  # points of accuracy the no-knee fallback may lose
-        fallback_rate: float = 0.3
+        fallback_rate: Annotated[float, Interval(gt=0, lt=1)] = 0.3
         temperature: float = 4.0  # KD retraining [R]: (1 − α)·CE + α·T²·KL
         alpha: float = 0.9
         epochs: int = 120  # retraining [R: EagleEye's fine-tune, 120 epochs, lr 0.01]
@@ -180,12 +181,6 @@ class CombineNet(Method):
                     or rates[0] < 0 or rates[-1] >= 1:
                 raise ConfigError(f"combine_net.rates must be >= 3 strictly ascending rates in "
                                   f"[0, 1) (Kneedle needs increasing x), got {self.rates}")
-            if not 0 < self.fallback_rate < 1:
-                raise ConfigError(f"combine_net.fallback_rate must be in (0, 1), got "
-                                  f"{self.fallback_rate}")
-            if self.rate_mode not in RATE_MODES:
-                raise ConfigError(f"combine_net.rate_mode must be one of {RATE_MODES}, got "
-                                  f"{self.rate_mode!r}")
 
     # Smoke (compression.md §5.4): 10-point grid, 10 calibration batches of 64, 256 held-out
     # images, one KD epoch on 512 images.

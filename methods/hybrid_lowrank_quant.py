@@ -16,10 +16,11 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from torch import nn
 
 from benchmarks.claims import Claim
@@ -32,8 +33,9 @@ from benchmarks.train import FitState
 from methods.common import apply_masks, kd_kl, magnitude_masks, replace_modules
 from methods.common.features import capture
 
-RANK_RULES = ("energy", "macs")
-SOURCES = ("teacher", "student")
+RankRule = Literal["energy", "macs"]
+RANK_RULES: tuple[RankRule, ...] = get_args(RankRule)
+Fraction = Annotated[float, Interval(gt=0, le=1)]
 FC_NOTE = "FC zeros are unstructured: no dense MACs/latency gain from them"
 
 
@@ -230,36 +232,22 @@ class HybridLowRankQuant(Method):
 
     @dataclass(frozen=True)
     class Config:
-        source: str = "teacher"  # [R] teacher: factorise it | student: train the pair's first
-        rank_rule: str = "macs"  # [R] energy | macs
-        energy: float = 0.9  # [R] rank_rule=energy: fraction of Σσ² kept per layer
-        macs_ratio: float = 0.5  # [R] rank_rule=macs: factorised MACs / layer MACs at most
+        # [R] teacher: factorise it | student: train the pair's first
+        source: Literal["teacher", "student"] = "teacher"
+        rank_rule: RankRule = "macs"  # [R] energy | macs
+        energy: Fraction = 0.9  # [R] rank_rule=energy: fraction of Σσ² kept per layer
+        macs_ratio: Fraction = 0.5  # [R] rank_rule=macs: factorised MACs / layer MACs at most
         skip_first: bool = True  # [R] leave the input conv (3 channels in) dense
-        fc_sparsity: float = 0.5  # [R] fraction of FC weights zeroed by magnitude
+        # [R] fraction of FC weights zeroed by magnitude
+        fc_sparsity: Annotated[float, Interval(ge=0, lt=1)] = 0.5
         hint_weight: float = 1.0  # weight of the summed hint MSE in the hint phase
-        hint_epochs: int = 10  # [R] hint phase (multi-layer regression)
-        kd_epochs: int | None = None  # logit-KD phase; None: the budget's epochs
+        hint_epochs: Annotated[int, Ge(0)] = 10  # [R] hint phase (multi-layer regression)
+        kd_epochs: Annotated[int | None, Ge(0)] = None  # logit-KD phase; None: the budget's epochs
         temperature: float = 4.0  # RepDistiller's KD settings
         alpha: float = 0.9  # weight of the KD term
         gamma: float = 0.1  # weight of cross-entropy
         lr: float | None = 0.01  # [R] recovery from trained weights; None: the budget's
         train_images: int | None = None  # None: the budget's whole training split
-
-        def __post_init__(self) -> None:
-            for key, value, allowed in (("source", self.source, SOURCES),
-                                        ("rank_rule", self.rank_rule, RANK_RULES)):
-                if value not in allowed:
-                    raise ConfigError(f"hybrid_lowrank_quant: {key} must be one of "
-                                      f"{', '.join(allowed)}; got {value!r}")
-            for key, value in (("energy", self.energy), ("macs_ratio", self.macs_ratio)):
-                if not 0.0 < value <= 1.0:
-                    raise ConfigError(f"hybrid_lowrank_quant: {key} must be in (0, 1]; "
-                                      f"got {value}")
-            if not 0.0 <= self.fc_sparsity < 1.0:
-                raise ConfigError(f"hybrid_lowrank_quant: fc_sparsity must be in [0, 1); "
-                                  f"got {self.fc_sparsity}")
-            if self.hint_epochs < 0 or (self.kd_epochs is not None and self.kd_epochs < 0):
-                raise ConfigError("hybrid_lowrank_quant: hint_epochs and kd_epochs must be >= 0")
 
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"hint_epochs": 1, "kd_epochs": 1, "train_images": 1024}}

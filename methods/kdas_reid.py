@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 
 from benchmarks.claims import Claim
 from benchmarks.data import Batch, BatchLoader, ImageSplit
@@ -44,6 +45,8 @@ from reid.nas import (
     check_ops,
 )
 
+Positive = Annotated[int, Ge(1)]
+Weight = Annotated[float, Interval(ge=0, le=1)]
 SMOKE_OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3", "part_aware")
 
 
@@ -120,52 +123,38 @@ class KDASReID(Method):
     @dataclass(frozen=True)
     class Config:
         t0: float = 4.0  # initial temperature of both phases; decays to exactly 1
-        temperature_schedule: str = "linear"  # linear | cosine (per epoch)
+        temperature_schedule: Literal["linear", "cosine"] = "linear"  # per epoch
         # search: DARTS first order (Liu et al. 2019 defaults)
-        search_epochs: int = 50
-        search_batch_size: int = 64
+        search_epochs: Positive = 50
+        search_batch_size: Positive = 64
         search_images: int | None = None  # class-balanced subset searched on (None: all)
-        search_channels: int = 16
-        search_layers: int = 8
+        search_channels: Positive = 16
+        search_layers: Positive = 8
         ops: tuple[str, ...] = SEARCH_SPACE
-        steps: int = 4  # intermediate nodes per cell
+        steps: Positive = 4  # intermediate nodes per cell
         w_lr: float = 0.025  # SGD, momentum 0.9, cosine
         w_weight_decay: float = 3e-4
         arch_lr: float = 3e-4  # Adam
         arch_betas: tuple[float, float] = (0.5, 0.999)
         arch_weight_decay: float = 1e-3
-        search_kd_weight: float = 1.0  # λ while searching: the KD loss replaces CE
+        search_kd_weight: Weight = 1.0  # λ while searching: the KD loss replaces CE
         # derived network and retraining
-        channels: int = 36
-        layers: int = 20
+        channels: Positive = 36
+        layers: Positive = 20
         # Stride-2 stem convs (0: one stride-1 conv). None: from the input height
         # (reid.nas.auto_stem_downsample): ReID's 256x128 (and 128x64) get 2, so cells see
         # 64x32; 64x32 smoke inputs get 1 (32x16); CIFAR-size 32x32 inputs get DARTS's CIFAR
         # stem, stride 1, so cells see 32x32 (not 8x8). An int overrides it.
-        stem_downsample: int | None = None
-        kd_weight: float = 1.0  # λ while retraining
+        stem_downsample: Annotated[int | None, Ge(0)] = None
+        kd_weight: Weight = 1.0  # λ while retraining
         retrain_epochs: int | None = None  # None: the suite's recipe, like every student
         # None: the suite's. DARTS retrains its cells at 0.025 (Liu et al., ICLR 2019, §A.2);
         # a CIFAR ResNet recipe's 0.1 sends the derived network's loss to NaN in epoch 1.
-        retrain_lr: float | None = None
+        retrain_lr: Annotated[float | None, Gt(0)] = None
 
         def __post_init__(self) -> None:
             check_ops(self.ops, "kdas_reid ops")
             check_schedule(self.t0, self.temperature_schedule)
-            for key in ("search_epochs", "search_batch_size", "search_channels",
-                        "search_layers", "steps", "channels", "layers"):
-                if getattr(self, key) < 1:
-                    raise ConfigError(f"kdas_reid {key} must be >= 1; got {getattr(self, key)}")
-            if self.retrain_lr is not None and not self.retrain_lr > 0:
-                raise ConfigError(f"kdas_reid retrain_lr must be None (the suite's) or > 0; "
-                                  f"got {self.retrain_lr}")
-            if self.stem_downsample is not None and self.stem_downsample < 0:
-                raise ConfigError(f"kdas_reid stem_downsample must be None (auto) or >= 0; "
-                                  f"got {self.stem_downsample}")
-            for key in ("search_kd_weight", "kd_weight"):
-                if not 0 <= getattr(self, key) <= 1:
-                    raise ConfigError(f"kdas_reid {key} must be in [0, 1]; "
-                                      f"got {getattr(self, key)}")
 
     # CPU smoke: the scale of the spec's §4.6 (2-cell supernet, 8 channels, 5 ops, 2 epochs).
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from benchmarks.claims import Claim
-from benchmarks.config import Pair, TrainRecipe
-from benchmarks.errors import ConfigError
+from benchmarks.config import Pair, RecipeChanges, TrainRecipe
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS, build_model
 from methods.common import kd_kl, replace_modules
-from methods.common.lma_activation import IMPLEMENTATIONS, LMA
+from methods.common.lma_activation import LMA, Implementation
 
 # main_wrn.py (CIFAR-100): SGD nesterov, momentum 0.9, lr 0.1, wd 5e-4, batch 128,
 # 200 epochs, lr x0.2 after epochs 60, 120 and 160.
@@ -61,28 +61,17 @@ class LMAMethod(Method):
 
     @dataclass(frozen=True)
     class Config:
-        num_segments: int = 8  # K
-        temperature: float = 2.0
-        kd_weight: float = 0.7  # weight of the KD term; CE gets 1 - kd_weight
+        num_segments: Annotated[int, Ge(1)] = 8  # K
+        temperature: Annotated[float, Gt(0)] = 2.0
+        # weight of the KD term; CE gets 1 - kd_weight
+        kd_weight: Annotated[float, Interval(ge=0, le=1)] = 0.7
         momentum: float = 0.99  # of LMA's running mean/std
-        impl: str = "fused"  # fused | naive (same output; see lma_activation.py)
+        impl: Implementation = "fused"  # same output either way; see lma_activation.py
         # Also train the same student with ReLU and the same loss: the paper's comparison,
         # returned as the control row "lma:relu".
         relu_control: bool = True
         # Changes to the budget's training recipe; default: the paper's CIFAR-100 schedule.
-        recipe: dict[str, Any] = field(default_factory=lambda: dict(PAPER_RECIPE))
-
-        def __post_init__(self) -> None:
-            if self.num_segments < 1:
-                raise ConfigError(f"lma num_segments must be at least 1, got "
-                                  f"{self.num_segments}")
-            if not 0.0 <= self.kd_weight <= 1.0 or self.temperature <= 0:
-                raise ConfigError("lma needs 0 <= kd_weight <= 1 and temperature > 0, got "
-                                  f"kd_weight={self.kd_weight}, temperature={self.temperature}")
-            if self.impl not in IMPLEMENTATIONS:
-                raise ConfigError(f"lma impl must be one of {', '.join(IMPLEMENTATIONS)}, "
-                                  f"got {self.impl!r}")
-            TrainRecipe().replace(**self.recipe)  # unknown recipe keys fail at load time
+        recipe: RecipeChanges = field(default_factory=lambda: dict(PAPER_RECIPE))
 
     # Smaller budgets use the suite's recipe (comparable with the kd row) and, in smoke,
     # skip the ReLU control to stay cheap.

@@ -15,16 +15,16 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 from torch import nn
 
 from benchmarks.claims import Claim
-from benchmarks.config import Pair, TrainRecipe
+from benchmarks.config import Pair, RecipeChanges
 from benchmarks.data import BatchLoader
-from benchmarks.errors import ConfigError
 from benchmarks.method import Compressed, Method, RunContext
 from benchmarks.registry import METHODS, build_model
 from benchmarks.train import FitState
@@ -175,7 +175,6 @@ class OKDDip(Method):
     """Online KD with diverse peers; deploys the group leader (= the plain backbone)."""
 
     reference = "scratch"  # no teacher: compared with the same backbone trained alone
-    uses_teacher = False
     label = "online KD, no teacher; Δ vs scratch"
 
     # The OKDDip tables were not readable (online-det-reid.md §1.4); the PCL paper's re-run
@@ -189,26 +188,17 @@ class OKDDip(Method):
 
     @dataclass(frozen=True)
     class Config:
-        num_branches: int = 4  # m: m-1 auxiliary peers + the group leader
-        temperature: float = 3.0
+        num_branches: Annotated[int, Ge(3)] = 4  # m: m-1 auxiliary peers + the group leader
+        temperature: Annotated[float, Gt(0)] = 3.0
         alpha: float = 1.0  # weight of the distillation terms
-        rampup_epochs: float = 80.0  # consistency ramp-up length (--length)
-        attention_factor: int = 8  # W_q, W_k map d -> d // factor
+        rampup_epochs: Annotated[float, Ge(0)] = 80.0  # consistency ramp-up length (--length)
+        attention_factor: Annotated[int, Ge(1)] = 8  # W_q, W_k map d -> d // factor
         # The authors' code lets gradients flow into the targets (and so into W_q/W_k, which
         # only shape the targets); True detaches them and leaves the attention untrained.
         detach_targets: bool = False
         branch_stage: int = -1  # the stage where branches start (the last one, as in the paper)
         # Changes to the budget's training recipe; default: the paper's schedule.
-        recipe: dict[str, Any] = field(default_factory=lambda: dict(PAPER_RECIPE))
-
-        def __post_init__(self) -> None:
-            if self.num_branches < 3:
-                raise ConfigError(f"okddip num_branches must be at least 3 (two peers and the "
-                                  f"leader), got {self.num_branches}")
-            if self.temperature <= 0 or self.attention_factor < 1 or self.rampup_epochs < 0:
-                raise ConfigError("okddip needs temperature > 0, attention_factor >= 1 and "
-                                  "rampup_epochs >= 0")
-            TrainRecipe().replace(**self.recipe)  # unknown recipe keys fail at load time
+        recipe: RecipeChanges = field(default_factory=lambda: dict(PAPER_RECIPE))
 
     # Smaller budgets train on the suite's own recipe, like the scratch row they are
     # compared with; the ramp-up keeps the paper's share of training (80 of 300 epochs).

@@ -18,31 +18,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from torch import nn
 
 from benchmarks.claims import Claim
 from benchmarks.config import Pair
 from benchmarks.data import Batch, BatchLoader
-from benchmarks.errors import ConfigError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS, build_model
 from methods.common import kd_kl
-from methods.common.blocks import SPLITS, StudentBlock, block_inputs, block_names, thin_block
+from methods.common.blocks import Split, StudentBlock, block_inputs, block_names, thin_block
 from methods.common.bn import recalibrate_bn
 from methods.common.features import capture
-
-TEACHER_PREFIXES = ("converted", "original")
-BLOCK_LOSSES = ("fro", "mse")
-
-
-def _choice(value: str, allowed: Sequence[str], key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"progressive_block_kd: {key} must be one of {', '.join(allowed)}; "
-                          f"got {value!r}")
 
 
 class TrainOnly(nn.Module):
@@ -105,33 +96,25 @@ class ProgressiveBlockKD(Method):
 
     @dataclass(frozen=True)
     class Config:
-        split: str = "stages"  # [R] stages (VGG blocks / ResNet stages) | units (residual units)
-        width_ratio: float = 0.5  # [P] fraction of every conv's filters a student block keeps
-        teacher_prefix: str = "converted"  # [S] step i's teacher is N_{i-1} | original N_0
-        block_loss: str = "fro"  # [P-3rd] fro (per-sample Frobenius norm) | mse
+        split: Split = "stages"  # [R] stages (VGG blocks / ResNet stages) | units (residual units)
+        # [P] fraction of every conv's filters a student block keeps
+        width_ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
+        # [S] step i's teacher is N_{i-1} | original N_0
+        teacher_prefix: Literal["converted", "original"] = "converted"
+        block_loss: Literal["fro", "mse"] = "fro"  # [P-3rd] fro (per-sample Frobenius norm) | mse
         block_weight: float = 0.1  # [P-3rd] alpha, weight of the block term
         ce_weight: float = 1.0  # weight of cross-entropy on the labels
         kd_weight: float = 0.0  # [R] optional logits KD from the step's teacher
         temperature: float = 4.0
-        block_epochs: int = 30  # [R] per block, SGD cosine
+        block_epochs: Annotated[int, Ge(1)] = 30  # [R] per block, SGD cosine
         block_lr: float = 0.01  # [R]
-        finetune_epochs: int = 30  # [R] end-to-end fine-tune, reported as row ":finetuned"; 0 = off
+        # [R] end-to-end fine-tune, reported as row ":finetuned"; 0 = off
+        finetune_epochs: Annotated[int, Ge(0)] = 30
         finetune_lr: float = 0.001  # [R]
         finetune_ce_weight: float = 0.1  # fine-tune loss: CE + KD from the original teacher
         finetune_kd_weight: float = 0.9
         train_images: int | None = None  # None: the budget's whole training split
         recalibrate_batches: int = 100  # training batches that re-estimate a block's BN stats
-
-        def __post_init__(self) -> None:
-            _choice(self.split, SPLITS, "split")
-            _choice(self.teacher_prefix, TEACHER_PREFIXES, "teacher_prefix")
-            _choice(self.block_loss, BLOCK_LOSSES, "block_loss")
-            if not 0.0 < self.width_ratio <= 1.0:
-                raise ConfigError(f"progressive_block_kd: width_ratio must be in (0, 1]; "
-                                  f"got {self.width_ratio}")
-            if self.block_epochs < 1 or self.finetune_epochs < 0:
-                raise ConfigError("progressive_block_kd: block_epochs must be >= 1 and "
-                                  "finetune_epochs >= 0")
 
     # One short epoch per block and no fine-tune: every step in seconds. 512 images (8 steps
     # a block) left the real Fashion-MNIST smoke row at 31 % (teacher 80 %); 2,048 give 57 %.

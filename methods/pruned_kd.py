@@ -12,15 +12,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 from torch import nn
 
 from benchmarks.claims import Claim
 from benchmarks.data import Batch, BatchLoader
-from benchmarks.errors import ConfigError
 from benchmarks.measure.params import evaluating
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS
@@ -37,8 +37,6 @@ from methods.common.features import attention_transfer_loss, capture
 from methods.common.pruning import PRUNABLE, uncoupled_layers
 from methods.common.reinit import he_init_
 
-PRUNE_MODES = ("l1_filter", "magnitude")
-SCOPES = ("uncoupled", "all")
 UNSTRUCTURED_NOTE = "unstructured: no dense MACs/latency gain (zeros folded into dense weights)"
 
 
@@ -68,9 +66,12 @@ class PrunedKD(Method):
 
     @dataclass(frozen=True)
     class Config:
-        prune: str = "l1_filter"  # [R] l1_filter (structured, removed) | magnitude (unstructured)
-        ratio: float = 0.5  # [R] removed: channel fraction per layer | global weight fraction
-        scope: str = "uncoupled"  # [R] l1_filter: uncoupled (Li et al.) | all (+ residual groups)
+        # [R] l1_filter (structured, removed) | magnitude (unstructured)
+        prune: Literal["l1_filter", "magnitude"] = "l1_filter"
+        # [R] removed: channel fraction per layer | global weight fraction
+        ratio: Annotated[float, Interval(ge=0, lt=1)] = 0.5
+        # [R] l1_filter: uncoupled (Li et al.) | all (+ residual groups)
+        scope: Literal["uncoupled", "all"] = "uncoupled"
         temperature: float = 4.0  # [R] RepDistiller's KD settings
         alpha: float = 0.9  # weight of the KD term
         gamma: float = 0.1  # weight of cross-entropy in the KD row
@@ -80,15 +81,6 @@ class PrunedKD(Method):
         recalibrate_batches: int = 100  # [R] BN re-estimation on train batches after pruning
         controls: bool = True  # also train the fine-tune and scratch-init rows
         train_images: int | None = None  # None: the budget's whole training split
-
-        def __post_init__(self) -> None:
-            for key, value, allowed in (("prune", self.prune, PRUNE_MODES),
-                                        ("scope", self.scope, SCOPES)):
-                if value not in allowed:
-                    raise ConfigError(f"pruned_kd: {key} must be one of {', '.join(allowed)}; "
-                                      f"got {value!r}")
-            if not 0.0 <= self.ratio < 1.0:
-                raise ConfigError(f"pruned_kd: ratio must be in [0, 1); got {self.ratio}")
 
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"epochs": 1, "lr": 0.01, "train_images": 512, "recalibrate_batches": 4}}

@@ -21,15 +21,16 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from benchmarks.attacks import PGDConfig, seeded_generator
 from benchmarks.claims import Claim
 from benchmarks.data import BatchLoader
-from benchmarks.errors import ConfigError, TrainingError
+from benchmarks.errors import TrainingError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS
 from benchmarks.teachers import TeacherInfo
@@ -57,9 +58,8 @@ from methods.common.pruning import (
     remove_zero_channels,
 )
 
-SPARSITY_MODES = ("filter", "unstructured")
-TEACHERS = ("adversarial", "standard")
-CONTROLS = ("magnitude_adv_ft", "prox_no_kd", "standard_teacher")
+Control = Literal["magnitude_adv_ft", "prox_no_kd", "standard_teacher"]
+CONTROLS: tuple[Control, ...] = get_args(Control)
 UNSTRUCTURED_NOTE = "unstructured sparsity: zeros in dense weights, no dense MACs/latency gain"
 
 
@@ -105,18 +105,21 @@ class RobustPruneKD(Method):
 
     @dataclass(frozen=True)
     class Config:
-        sparsity: str = "filter"  # "filter": group lasso, channels removed | "unstructured": ℓ1
-        compression: float = 16.0  # Ye et al.'s example: 93.75 % of the weights pruned
-        lam: float = 1e-3  # λ per halving [R]: the prox uses lam·log2(compression)
-        controls: tuple[str, ...] = CONTROLS
+        # "filter": group lasso, channels removed | "unstructured": ℓ1
+        sparsity: Literal["filter", "unstructured"] = "filter"
+        # Ye et al.'s example: 93.75 % of the weights pruned
+        compression: Annotated[float, Gt(1)] = 16.0
+        # λ per halving [R]: the prox uses lam·log2(compression)
+        lam: Annotated[float, Ge(0)] = 1e-3
+        controls: tuple[Control, ...] = CONTROLS
         # "adversarial": PGD-trained teacher (compression.md §4.1), cached under its own key
         # (the attack below, with teacher_attack_steps/teacher_step_size); "standard": the
         # harness's teacher, trained on clean images (the standard_teacher control's setting)
-        teacher: str = "adversarial"
+        teacher: Literal["adversarial", "standard"] = "adversarial"
         teacher_attack_steps: int | None = None  # None: attack_steps (Ye et al.'s pretraining)
         teacher_step_size: float | None = None  # None: step_size
         temperature: float = 4.0
-        alpha: float = 0.9  # weight of the KD term; CE gets 1 − α
+        alpha: Annotated[float, Interval(ge=0, le=1)] = 0.9  # weight of the KD term; CE gets 1 − α
         # Training attack: Ye et al.'s CIFAR config (PGD-10, ε = 8/255, step 2/255, random start)
         eps: float = 8 / 255
         step_size: float = 2 / 255
@@ -134,23 +137,6 @@ class RobustPruneKD(Method):
         # Training images (seed-1 class-balanced subset, not the test split) on which a row at
         # chance, where the unpruned network is clearly above it, raises; 0: no check
         collapse_check_images: int = 500
-
-        def __post_init__(self) -> None:
-            if self.sparsity not in SPARSITY_MODES:
-                raise ConfigError(f"robust_prune_kd.sparsity must be one of {SPARSITY_MODES}, "
-                                  f"got {self.sparsity!r}")
-            if self.compression <= 1 or self.lam < 0:
-                raise ConfigError(f"robust_prune_kd needs compression > 1 and lam >= 0; got "
-                                  f"compression={self.compression}, lam={self.lam}")
-            unknown = set(self.controls) - set(CONTROLS)
-            if unknown:
-                raise ConfigError(f"robust_prune_kd.controls: unknown {sorted(unknown)}; "
-                                  f"known: {', '.join(CONTROLS)}")
-            if not 0 <= self.alpha <= 1:
-                raise ConfigError(f"robust_prune_kd.alpha must be in [0, 1], got {self.alpha}")
-            if self.teacher not in TEACHERS:
-                raise ConfigError(f"robust_prune_kd.teacher must be one of {TEACHERS}, "
-                                  f"got {self.teacher!r}")
 
     # Smoke: one cheap point, PGD-3 (compression.md §4.5), 256 images, one epoch per phase.
     # The adversarial teacher is trained with one attack step of 1.25·ε from a random start

@@ -12,8 +12,6 @@ from benchmarks.registry import METHODS
 class Scratch(Method):
     """Student architecture, random init, cross-entropy on the labels only."""
 
-    uses_teacher = False
-
     def run(self, ctx: RunContext) -> Compressed:
         student = ctx.build_student()
         ctx.fit(student, lambda batch, logits: F.cross_entropy(logits, batch.y))

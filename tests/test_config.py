@@ -1,8 +1,13 @@
 """Suite configs: shipped suites load, and bad keys are named in the error."""
 
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
 import pytest
+from annotated_types import Ge, Interval
 
 from benchmarks.config import (
+    RecipeChanges,
     TrainRecipe,
     from_mapping,
     known_suites,
@@ -52,3 +57,30 @@ def test_unknown_budget_and_suite_keys():
 def test_unknown_suite_lists_known_ones():
     with pytest.raises(UnknownNameError, match=r"unknown suite 'cifar10'.*cifar100"):
         load_suite("cifar10")
+
+
+@dataclass(frozen=True)
+class _Declared:
+    mode: Literal["fast", "exact"] = "fast"
+    ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
+    steps: Annotated[int | None, Ge(1)] = None
+    names: tuple[Literal["a", "b"], ...] = ("a",)
+    recipe: RecipeChanges = field(default_factory=dict)
+
+
+def test_fields_declare_their_choices_and_ranges():
+    ok = from_mapping(_Declared, {"mode": "exact", "ratio": 1, "steps": 3, "names": ["b", "a"],
+                                  "recipe": {"epochs": 2}}, "cfg")
+    assert (ok.mode, ok.ratio, ok.steps, ok.names, ok.recipe) == (
+        "exact", 1.0, 3, ("b", "a"), {"epochs": 2})
+    assert from_mapping(_Declared, {"steps": None}, "cfg").steps is None
+    for data, message in (
+            ({"mode": "slow"}, "cfg.mode must be one of fast, exact; got 'slow'"),
+            ({"ratio": 0}, r"cfg.ratio must be in \(0, 1\]; got 0"),
+            ({"ratio": 1.5}, r"cfg.ratio must be in \(0, 1\]; got 1.5"),
+            ({"steps": 0}, "cfg.steps must be >= 1; got 0"),
+            ({"names": ["a", "c"]}, r"cfg.names\[1\] must be one of a, b; got 'c'"),
+            ({"recipe": {"epoch": 2}}, r"unknown key 'epoch' in cfg.recipe; allowed keys"),
+            ({"recipe": {"epochs": 0}}, "cfg.recipe: epochs must be a positive integer")):
+        with pytest.raises(ConfigError, match=message):
+            from_mapping(_Declared, data, "cfg")

@@ -113,10 +113,13 @@ def test_fc_pruning_folds_zeros_into_the_weights():
 
 
 def test_config_errors_name_the_allowed_values():
-    with pytest.raises(ConfigError, match="rank_rule must be one of energy, macs"):
-        HybridLowRankQuant.Config(rank_rule="svd")
-    with pytest.raises(ConfigError, match="fc_sparsity"):
-        HybridLowRankQuant.Config(fc_sparsity=1.0)
+    with pytest.raises(ConfigError, match="rank_rule must be one of energy, macs; got 'svd'"):
+        HybridLowRankQuant.make_config("full", {"rank_rule": "svd"})
+    with pytest.raises(ConfigError, match=r"fc_sparsity must be in \[0, 1\); got 1.0"):
+        HybridLowRankQuant.make_config("full", {"fc_sparsity": 1.0})
+    # A config built in code is checked when the method is built from it.
+    with pytest.raises(ConfigError, match="fc_sparsity must be in"):
+        HybridLowRankQuant(HybridLowRankQuant.Config(fc_sparsity=1.0))
 
 
 def test_hint_adapters_bridge_widths_and_stay_out_of_the_deployed_model(make_context,

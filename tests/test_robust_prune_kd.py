@@ -214,9 +214,10 @@ def test_controls_become_extra_rows(make_context):
 def test_bad_config_values_are_named():
     with pytest.raises(ConfigError, match="sparsity must be one of"):
         method(sparsity="channel")
-    with pytest.raises(ConfigError, match=r"controls: unknown.*magnitude_adv_ft"):
+    with pytest.raises(ConfigError,
+                       match=r"controls\[0\] must be one of magnitude_adv_ft.*got 'admm'"):
         method(controls=("admm",))
-    with pytest.raises(ConfigError, match="compression > 1"):
+    with pytest.raises(ConfigError, match=r"compression must be > 1; got 1.0"):
         method(compression=1.0)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from methods.common.features import capture
 from methods.common.pruning import prune_inside
 from methods.common.reinit import he_init_
 
-SPLITS = ("stages", "units")
+Split = Literal["stages", "units"]  # VGG blocks / ResNet stages | residual units
+SPLITS: tuple[Split, ...] = get_args(Split)
 OUTPUTS = ("relu", "linear")
 
 

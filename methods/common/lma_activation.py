@@ -28,12 +28,15 @@ the per-element costs of all three next to ReLU.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
 from benchmarks.errors import ConfigError
 
-IMPLEMENTATIONS = ("fused", "naive")
+Implementation = Literal["fused", "naive"]
+IMPLEMENTATIONS: tuple[Implementation, ...] = get_args(Implementation)
 SPAN_STDS = 3.0  # segments tile [mean - 3 std, mean + 3 std]
 _MIN_STD = 1e-12  # a constant input has std 0; keep the segment width finite
 
