@@ -31,7 +31,7 @@ nox.options.sessions = ["tests", "lint"]
 
 ROOT = Path(__file__).parent
 ENV = Path(os.environ.get("KDBENCH_ENV", ROOT / ".nox" / "kdbench"))
-CORE_EXTRAS = "test,lint"
+CORE_EXTRAS = "test,lint,mlflow"
 
 
 def _stamp(path: Path, *parts: bytes) -> bool:

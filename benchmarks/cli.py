@@ -22,6 +22,7 @@ from rich.panel import Panel
 
 from benchmarks.config import BUDGETS, SuiteConfig, known_suites, load_suite
 from benchmarks.errors import ConfigError, KdbenchError, RunsFailedError
+from benchmarks.mlflow_log import DEFAULT_URI as MLFLOW_DEFAULT_URI
 from benchmarks.registry import DATASETS, METHODS, MODELS, known
 from benchmarks.regress import REGRESS_SUITES
 from benchmarks.sweep import add_parser as add_sweep_parser
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wide", action="store_true", help="print every leaderboard column")
     run.add_argument("--tensorboard", action="store_true", help="write each run's training "
                      "curves as TensorBoard event files under its artifacts folder")
+    run.add_argument("--mlflow", nargs="?", const=MLFLOW_DEFAULT_URI, metavar="URI",
+                     help="also log each finished run to MLflow (params: the resolved "
+                     f"method config; metrics: the record's figures); default URI "
+                     f"{MLFLOW_DEFAULT_URI}")
 
     board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
     board.add_argument("--suite", default="cifar100")
@@ -175,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("--suite", default="cifar100")
     claims.add_argument("--budget", default="smoke", choices=BUDGETS)
     claims.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    mlflow = sub.add_parser("mlflow", help="log a suite's run records to MLflow (runs logged "
+                            "before are skipped)")
+    mlflow.add_argument("--suite", default="cifar100")
+    mlflow.add_argument("--budget", default="smoke", choices=BUDGETS)
+    mlflow.add_argument("--results-dir", type=Path, default=Path("results"))
+    mlflow.add_argument("--uri", default=MLFLOW_DEFAULT_URI,
+                        help=f"MLflow tracking URI (default {MLFLOW_DEFAULT_URI})")
 
     regress = sub.add_parser("regress", help="re-run the smoke suites and compare them with "
                              "results/baselines (exit 1 on a regression)")
@@ -243,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         measure_latency=not args.no_latency,
         evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
         deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
-        resume=args.resume, tensorboard=args.tensorboard,
+        resume=args.resume, tensorboard=args.tensorboard, mlflow_uri=args.mlflow,
     )
     teachers = {p.teacher for p in harness.budget.pairs}
     unused = sorted(set(parse_assignments(args.teacher_ckpt, "--teacher-ckpt")) - teachers)
@@ -361,6 +374,20 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0  # the verdicts are a report, not a gate
 
 
+def cmd_mlflow(args: argparse.Namespace) -> int:
+    from benchmarks import mlflow_log
+    from benchmarks.results import record_paths
+
+    found = record_paths(args.results_dir, args.suite, args.budget)
+    if not found:
+        raise KdbenchError(f"no run records for suite {args.suite!r} ({args.budget} budget) "
+                           f"under {args.results_dir / 'runs'}")
+    new = mlflow_log.log_records(found, args.uri)
+    console.print(f"MLflow {args.uri}: {new} new runs logged, {len(found) - new} logged "
+                  f"before (experiment kdbench/{args.suite}/{args.budget})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from benchmarks.export import export
 
@@ -473,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
         "list": cmd_list,
         "report": cmd_report, "regress": cmd_regress, "new-method": cmd_new_method,
-        "sweep": cmd_sweep, "claims": cmd_claims, "export": cmd_export}
+        "sweep": cmd_sweep, "claims": cmd_claims, "export": cmd_export,
+        "mlflow": cmd_mlflow}
     # SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: no record, the
     # last epoch checkpoint kept for --resume.
     main_thread = threading.current_thread() is threading.main_thread()

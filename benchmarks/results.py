@@ -202,20 +202,26 @@ def write_failure(failed: FailedRun, results_dir: Path) -> Path:
 def load_records(results_dir: Path, suite: str | None = None,
                  budget: str | None = None) -> list[dict[str, Any]]:
     """All records under ``results_dir`` (optionally one suite/budget), schema-checked."""
+    return [record for _, record in record_paths(results_dir, suite, budget)]
+
+
+def record_paths(results_dir: Path, suite: str | None = None,
+                 budget: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The successful records under ``results_dir`` with their files, as ``load_records``."""
     root = Path(results_dir) / "runs"
     if suite:
         root = root / suite
         if budget:
             root = root / budget
-    records = []
+    found = []
     for path in sorted(root.rglob("*.json")):
         data = read_record(path)
         if data.get("status", "ok") != "ok":  # failed or replaced runs are not on the board
             continue
         if budget and data["budget"] != budget:
             continue
-        records.append(data)
-    return records
+        found.append((path, data))
+    return found
 
 
 # What every successful record has; a file without them is not a run record.

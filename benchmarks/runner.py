@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from torch import nn
 
-from benchmarks import curves, distributed
+from benchmarks import curves, distributed, mlflow_log
 from benchmarks.artifacts import save_artifacts, sha256_of
 from benchmarks.config import Budget, Pair, SuiteConfig
 from benchmarks.data import ImageDataset, ImageSplit
@@ -158,6 +158,7 @@ class Harness:
         resume: bool = True,
         deploy: Sequence[str] = (),
         tensorboard: bool = False,
+        mlflow_uri: str | None = None,
     ):
         self.suite = suite
         # The suite's evaluators plus opt-in ones (e.g. robust accuracy), each once.
@@ -169,6 +170,11 @@ class Harness:
         self.device = distributed.setup(resolve_device(device))
         self.resume = resume  # False: a killed run's checkpoints are discarded, not resumed
         self.tensorboard = tensorboard  # curves into <artifacts>/tensorboard (benchmarks.curves)
+        # Each written record is also logged to this MLflow tracking URI (None: not logged);
+        # a missing MLflow fails here, before any training.
+        self.mlflow_uri = mlflow_uri
+        if mlflow_uri is not None:
+            mlflow_log.check(mlflow_uri)
         self.dataset_overrides = dict(dataset_overrides or {})
         self.method_overrides = method_overrides or {}
         self.measure_latency = measure_latency and self.budget.latency.enabled
@@ -434,6 +440,8 @@ class Harness:
                                                         record, target)
                                   for target in self.targets(method))]
         paths = [write_record(r, self.results_dir) for r in records]
+        if self.mlflow_uri is not None:
+            self._log_to_mlflow(paths)
         main = records[0]
         curves.log_final({**main.metrics, "params_ratio": main.params_ratio,
                           "macs_ratio": main.macs_ratio})
@@ -446,6 +454,16 @@ class Harness:
             log.info("  %s (%s): %s %.2f | params %.3f× | MACs %.3f× of the teacher", r.method,
                      r.deploy, r.metric_name, r.metric, r.params_ratio, r.macs_ratio)
         return paths
+
+    def _log_to_mlflow(self, paths: Sequence[Path]) -> None:
+        """Log the written records; a tracking failure never undoes a record (it is kept)."""
+        for path in paths:
+            try:
+                mlflow_log.log_record(read_record(path), path, self.mlflow_uri)
+            except Exception as exc:  # any tracking error: warn, keep the record
+                log.warning("  MLflow (%s) did not take %s: %s: %s; the record is kept, "
+                            "`kdbench mlflow` logs it later", self.mlflow_uri, path,
+                            type(exc).__name__, exc)
 
     def _artifacts_dir(self, method: str, pair: Pair, seed: int) -> Path:
         """A run's kept files: RESULTS/artifacts/<suite>/<budget>/<data source>/<method>/
