@@ -43,7 +43,7 @@ def cannot_pin(machine: str | None = None, cpu_flags: set[str] | None = None) ->
     machine = machine or platform.machine()
     if machine not in _X86:
         return f"this is a {machine} machine, not x86-64: it has no AVX2 kernels to pin"
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    flags = cpu_feature_flags() if cpu_flags is None else cpu_flags
     if flags and "avx2" not in flags:
         return "this x86-64 CPU lacks AVX2 (see the flags in /proc/cpuinfo)"
     return None
@@ -61,7 +61,8 @@ def active_isa() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-def _cpu_flags() -> set[str]:
+def cpu_feature_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         text = _CPUINFO.read_text()
     except OSError:

@@ -193,7 +193,7 @@ def test_paper_defaults_and_smoke_overrides():
     assert cfg.recipe["nesterov"] is True and cfg.recipe["batch_size"] == 128
     smoke = OKDDip.make_config("smoke")
     assert smoke.recipe == {} and smoke.num_branches == 4
-    with pytest.raises(ConfigError, match="at least 3"):
+    with pytest.raises(ConfigError, match="num_branches must be >= 3; got 2"):
         OKDDip.make_config("full", {"num_branches": 2})
     with pytest.raises(ConfigError, match="'epoch'"):
         OKDDip.make_config("full", {"recipe": {"epoch": 3}})
