@@ -182,7 +182,8 @@ def build_mmcv(session: nox.Session) -> None:
 @nox.session
 def perf(session: nox.Session) -> None:
     """Benchmarks that print numbers: data pipeline, training loop, LMA activation cost,
-    peak training memory of proximal-gradient vs ADMM pruning, INT8 vs compiled fp32.
+    peak training memory of proximal-gradient vs ADMM pruning, INT8 vs compiled fp32, and
+    whether repeated speed-up measurements of one pair have overlapping CIs.
 
     Each script has its own flags; run it directly for those, e.g.
     ``python -m benchmarks.perf.train_throughput --teacher resnet56 --student resnet20``.
@@ -190,5 +191,5 @@ def perf(session: nox.Session) -> None:
     python = shared_env(session)
     for script in ("benchmarks.perf.data_throughput", "benchmarks.perf.train_throughput",
                    "benchmarks.perf.lma_activation", "benchmarks.perf.prox_vs_admm_memory",
-                   "benchmarks.perf.int8_speedup"):
+                   "benchmarks.perf.int8_speedup", "benchmarks.perf.speedup_repeats"):
         session.run(python, "-m", script, external=True)
