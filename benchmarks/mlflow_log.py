@@ -59,11 +59,7 @@ def check(uri: str) -> None:
 def log_records(records: list[tuple[Path, dict[str, Any]]], uri: str = DEFAULT_URI) -> int:
     """Log records already on disk (``kdbench mlflow``); returns how many were new."""
     check(uri)
-    new = 0
-    for path, record in records:
-        new += _logged(_client(uri), record) is None
-        log_record(record, path, uri)
-    return new
+    return sum(log_record(record, path, uri)[1] for path, record in records)
 
 
 def _logged(client: Any, record: dict[str, Any]) -> str | None:
@@ -106,14 +102,16 @@ def figures(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
     return metrics, tags
 
 
-def log_record(record: dict[str, Any], record_path: Path, uri: str = DEFAULT_URI) -> str:
-    """Log one record as an MLflow run; returns its MLflow run id (an existing one if logged)."""
+def log_record(record: dict[str, Any], record_path: Path,
+               uri: str = DEFAULT_URI) -> tuple[str, bool]:
+    """Log one record as an MLflow run; returns its MLflow run id and whether it is new (a
+    record logged before keeps its run)."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
     logged = _logged(client, record)
     if logged is not None:
-        return logged
+        return logged, False
     name = _experiment(record)
     experiment = client.get_experiment_by_name(name)
     experiment_id = (experiment.experiment_id if experiment is not None
@@ -130,4 +128,4 @@ def log_record(record: dict[str, Any], record_path: Path, uri: str = DEFAULT_URI
                      params=[Param(k, v) for k, v in _params(record).items()],
                      tags=[RunTag(k, v) for k, v in sorted(tags.items())])
     client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return run.info.run_id, True
