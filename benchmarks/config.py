@@ -195,7 +195,6 @@ class _RecipeKeys:
 RecipeChanges = Annotated[dict[str, Any], _RecipeKeys()]
 
 
-
 @dataclass(frozen=True)
 class LatencyConfig:
     """How the harness times the returned model against its teacher."""
