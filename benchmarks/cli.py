@@ -242,40 +242,44 @@ def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks import api
     from benchmarks.results import load_records
-    from benchmarks.runner import Harness
 
     suite = load_suite(args.suite)
-    dataset_overrides = dataset_overrides_from(args, suite)
-    harness = Harness(
-        suite, args.budget, results_dir=args.results_dir,
-        cache_dir=args.cache_dir or default_cache_dir(), device=args.device,
-        dataset_overrides=dataset_overrides,
-        teacher_checkpoints=parse_assignments(args.teacher_ckpt, "--teacher-ckpt"),
-        method_overrides=parse_method_overrides(args.set),
-        measure_latency=not args.no_latency,
-        evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
-        deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
-        resume=args.resume, tensorboard=args.tensorboard, mlflow_uri=args.mlflow,
-    )
-    teachers = {p.teacher for p in harness.budget.pairs}
-    unused = sorted(set(parse_assignments(args.teacher_ckpt, "--teacher-ckpt")) - teachers)
+    teacher_checkpoints = parse_assignments(args.teacher_ckpt, "--teacher-ckpt")
+    teachers = {p.teacher for p in suite.budget(args.budget).pairs}
+    unused = sorted(set(teacher_checkpoints) - teachers)
     if unused:
         raise ConfigError(f"--teacher-ckpt names {', '.join(unused)}, which no pair of suite "
                           f"{suite.name!r} ({args.budget} budget) uses as teacher; its "
                           f"teachers: {', '.join(sorted(teachers))}")
-    methods = parse_methods(args.methods)
-    plan = harness.plan(methods, parse_seeds(args.seeds))
-    data = harness.data
-    if data.notice:
-        console.print(Panel(escape(data.notice), title=f"data: {data.data_source}", style="yellow"))
-    console.print(f"suite {suite.name} · budget {args.budget} · {data.name} "
-                  f"({data.data_source}) · {len(plan.methods)} methods × {len(plan.pairs)} "
-                  f"pairs × {len(plan.seeds)} seeds = {plan.total} runs · device "
-                  f"{harness.device}")
+
+    def announce(harness: Any, plan: Any) -> None:
+        data = harness.data
+        if data.notice:
+            console.print(Panel(escape(data.notice), title=f"data: {data.data_source}",
+                                style="yellow"))
+        console.print(f"suite {suite.name} · budget {args.budget} · {data.name} "
+                      f"({data.data_source}) · {len(plan.methods)} methods × "
+                      f"{len(plan.pairs)} pairs × {len(plan.seeds)} seeds = {plan.total} runs "
+                      f"· device {harness.device}")
+        planned.append(plan.total)
+
+    planned: list[int] = []
     started = time.perf_counter()
     try:
-        harness.run(plan.methods, plan.seeds, force=args.force)
+        api.run(
+            suite, parse_methods(args.methods), budget=args.budget,
+            seeds=parse_seeds(args.seeds), results_dir=args.results_dir,
+            cache_dir=args.cache_dir, force=args.force, on_plan=announce,
+            device=args.device, dataset_overrides=dataset_overrides_from(args, suite),
+            teacher_checkpoints=teacher_checkpoints,
+            method_overrides=parse_method_overrides(args.set),
+            measure_latency=not args.no_latency,
+            evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
+            deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
+            resume=args.resume, tensorboard=args.tensorboard, mlflow_uri=args.mlflow,
+        )
     except RunsFailedError:
         # The runs that succeeded are on the board before the failures are reported.
         if _primary() and load_records(args.results_dir, suite.name, args.budget):
@@ -283,8 +287,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              metrics=suite.table_metrics, wide=args.wide)
         raise
     finally:
-        console.print(f"{plan.total} runs in {_duration(time.perf_counter() - started)} "
-                      "wall time (runs with a record of this configuration are skipped)")
+        if planned:
+            console.print(f"{planned[0]} runs in {_duration(time.perf_counter() - started)} "
+                          "wall time (runs with a record of this configuration are skipped)")
     if not _primary():  # under torchrun: rank 0 wrote the records and reports them
         return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
@@ -305,13 +310,23 @@ def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | Non
 
     # Under a lock: concurrent runs/jobs rebuilding it at once never lose a record.
     board, path = rebuild_leaderboard(results_dir, suite, budget, csv)
-    # A log or pipe gets the 100 columns the compact table fits (the wide one: 200).
-    out = Console() if sys.stdout.isatty() else Console(width=200 if wide else 100)
     if metrics is None:
         metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
-    out.print(render_table(board, title=f"{suite} · {budget}", metrics=metrics, wide=wide))
+    table = render_table(board, title=f"{suite} · {budget}", metrics=metrics, wide=wide)
+    out = Console() if sys.stdout.isatty() else Console(width=log_width(table, wide))
+    out.print(table)
     console.print(f"leaderboard written to {path}")
     return 0
+
+
+def log_width(table: Any, wide: bool) -> int:
+    """The width a log or pipe gets: the 100 columns the compact table fits; the wide table
+    as wide as its columns need (every deploy track's speed-ups), up to 400, so that no
+    column is squeezed to a few letters."""
+    if not wide:
+        return 100
+    natural = Console(width=10_000).measure(table).maximum
+    return min(max(natural, 200), 400)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -174,3 +174,25 @@ def test_speedups_carry_their_ci_and_a_rerun_flag_is_never_dropped(tmp_path):
     from benchmarks.report import markdown
 
     assert "2.10×±0.25⚠" in markdown(board, "cifar100", "smoke")
+
+
+def test_the_wide_table_in_a_log_is_as_wide_as_its_columns_need(tmp_path):
+    """Every deploy track at 1/2 threads and batch 1/64 is 12 speed-up columns: at a fixed
+    200 columns rich squeezed the method and pair cells to a few letters."""
+    from benchmarks.cli import log_width
+
+    name = "robust_prune_kd:magnitude_adv_ft"
+    record = make_record(name, 0)
+    record.latency = [
+        {"setting": {"device": "cpu", "threads": t, "batch": b, "mode": mode},
+         "student": {"stats": {"median_ms": 1.0}}, "speedup": 1.5}
+        for mode in ("eager", "compiled", "ort") for t in (1, 2) for b in (1, 64)]
+    write(tmp_path, record)
+    board = leaderboard(load_records(tmp_path))
+    table = render_table(board, wide=True)
+    width = log_width(table, wide=True)
+    assert 200 <= width <= 400
+    lines = _rendered(table, width)
+    assert any(name in ln for ln in lines)  # the method name on one line, not folded
+    assert any("resnet56→resnet20" in ln for ln in lines)
+    assert log_width(render_table(board), wide=False) == 100
