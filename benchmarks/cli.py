@@ -268,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned: list[int] = []
     started = time.perf_counter()
     try:
-        api.run(
+        result = api.run(
             suite, parse_methods(args.methods), budget=args.budget,
             seeds=parse_seeds(args.seeds), results_dir=args.results_dir,
             cache_dir=args.cache_dir, force=args.force, on_plan=announce,
@@ -293,7 +293,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not _primary():  # under torchrun: rank 0 wrote the records and reports them
         return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
-                            metrics=suite.table_metrics, wide=args.wide)
+                            metrics=suite.table_metrics, wide=args.wide,
+                            built=(result.board, result.leaderboard_csv))
 
 
 def _duration(seconds: float) -> str:
@@ -303,13 +304,15 @@ def _duration(seconds: float) -> str:
 
 
 def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,
-                     metrics: tuple[str, ...] | None = None, wide: bool = False) -> int:
+                     metrics: tuple[str, ...] | None = None, wide: bool = False,
+                     built: tuple[Any, Path] | None = None) -> int:
     """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's);
-    ``wide``: every column (data, pair, labels, all speed-ups, notes)."""
+    ``wide``: every column (data, pair, labels, all speed-ups, notes); ``built``: a
+    (board, CSV path) just written, printed as it is."""
     from benchmarks.results import rebuild_leaderboard, render_table
 
     # Under a lock: concurrent runs/jobs rebuilding it at once never lose a record.
-    board, path = rebuild_leaderboard(results_dir, suite, budget, csv)
+    board, path = built or rebuild_leaderboard(results_dir, suite, budget, csv)
     if metrics is None:
         metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
     table = render_table(board, title=f"{suite} · {budget}", metrics=metrics, wide=wide)
