@@ -465,8 +465,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
         reason = isa.cannot_pin()
         if reason is None:
             pin = " ".join(f"{k}={v}" for k, v in isa.PIN.items())
-            console.print(f"kdbench regress: CPU kernels pinned to {isa.PINNED_ISA} ({pin}), "
-                          "the instruction set of the baselines")
+            console.print(f"kdbench regress: CPU kernels pinned ({pin}), "
+                          "the kernels of the baselines")
             return subprocess.call(isa.pinned_command(args.argv), env=isa.pinned_env())
         console.print(f"kdbench regress: cannot pin the CPU kernels to {isa.PINNED_ISA}: "
                       f"{reason}; only baselines made on this machine's ISA can compare")

@@ -14,12 +14,14 @@ the baseline's seeds, and the CPU speed-ups. A check run trains seed 0 only and 
 
 Rows that appear or disappear fail too: a new method needs ``--update`` in the same change.
 
-Training noise is not the only thing that moves a figure: ATen and oneDNN pick other CPU
-kernels on other instruction sets, so the gate trains with them pinned to AVX2
-(``benchmarks.isa``) and every baseline row states the ISA it was made with (``isa``). A
-check compares only with baseline rows of the ISA it ran on; a machine that cannot run the
-pinned kernels (not x86-64, or no AVX2) needs baselines of its own ISA, made there with
-``--update``, which keeps the rows of every other ISA.
+Training noise is not the only thing that moves a figure: ATen, oneDNN and MKL pick other
+CPU kernels on other CPUs, so the gate trains with them pinned (ATen and oneDNN to AVX2,
+MKL to its reproducible COMPATIBLE branch; ``benchmarks.isa``) and every baseline row
+states the kernels it was made with (``isa``, e.g. ``AVX2+MKL_CBWR=COMPATIBLE``) and the
+sha256 of its teacher. A check compares only with baseline rows of the kernels it ran
+with, and says so first when its teachers are not the baseline's bit for bit; a machine
+that cannot run the pinned kernels (not x86-64, or no AVX2) needs baselines of its own,
+made there with ``--update``, which keeps the rows of every other kernel set.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ STRUCTURAL = ["params", "macs", "params_ratio", "macs_ratio"]
 CSV_DIGITS = 10  # significant digits of the floats in a baseline CSV
 RATIO_RTOL = 10.0 ** -(CSV_DIGITS - 1)
 SPEEDUPS = ["speedup_cpu_t1_b1", "speedup_cpu_t1_b64"]
-ISA = "isa"  # the CPU instruction set the baseline row's run dispatched to (ATen's name)
+ISA = "isa"  # the CPU kernels the baseline row's run used (benchmarks.isa.kernels_label)
+TEACHER_SHA = "teacher_sha256"  # the teacher the row's student learned from
 
 
 def baseline_path(baselines_dir: Path, suite: str) -> Path:
@@ -57,7 +60,14 @@ def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
                            "run the gate without --reuse (or point --results-dir at a gate "
                            "run's results)")
     runs = _deploy_rows(runs_frame(records))
-    board = _deploy_rows(leaderboard(records)).set_index(KEY)
+    board = _deploy_rows(leaderboard(records))
+    split = sorted(m for m in board["method"] if "#" in m)
+    if split:  # a baseline's seed spread is of one configuration only
+        raise KdbenchError(f"the {suite} smoke records under {results_dir} are of more than one "
+                           f"configuration for {', '.join(split)}: a baseline row needs its "
+                           "seeds of one configuration; re-run them in one gate run (without "
+                           "--reuse)")
+    board = board.set_index(KEY)
     seed0 = runs[runs["seed"] == 0].set_index(KEY)
     out = pd.DataFrame(index=seed0.index)
     for col in STRUCTURAL:
@@ -73,6 +83,7 @@ def baseline_frame(results_dir: Path, suite: str) -> pd.DataFrame:
         for side in ("ci_low", "ci_high"):
             out[f"{side}_{col}"] = seed0.get(f"{side}_{col}", math.nan)
     out[ISA] = seed0[ISA]
+    out[TEACHER_SHA] = seed0[TEACHER_SHA]
     return out.reset_index().sort_values(KEY, ignore_index=True)
 
 
@@ -232,11 +243,12 @@ def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path,
     import torch
 
     from benchmarks.config import load_suite
+    from benchmarks.isa import active_kernels
     from benchmarks.runner import Harness
 
     torch.set_num_threads(REGRESS_THREADS)
     # Teachers of the gate's own ISA only: one a user's unpinned run cached is another model.
-    teachers = Path(cache_dir) / f"regress-{torch.backends.cpu.get_cpu_capability()}"
+    teachers = Path(cache_dir) / f"regress-{active_kernels()}"
     harness = Harness(load_suite(suite), "smoke", results_dir=results_dir, cache_dir=teachers,
                       dataset_overrides=dataset_overrides(suite, cache_dir))
     harness.run(methods, seeds, force=True)
@@ -310,8 +322,30 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
                 f"{isa} on this machine with `nox -s regress -- --update`")
         checks = compare(old[of_methods(old, suite_methods)], current)
         passed &= all(c.ok for c in checks)
-        reports.append(f"### {suite} (ISA {isa})\n\n" + markdown_report(checks))
+        reports.append(f"### {suite} (ISA {isa})\n\n" + other_teacher(old, current)
+                       + markdown_report(checks))
     return passed, "\n".join(reports)
+
+
+def other_teacher(baseline: pd.DataFrame, current: pd.DataFrame) -> str:
+    """A warning when the gate's teachers are not the baseline's bit for bit: then every
+    student moves with them, and the report must say why before it lists the moves."""
+    if TEACHER_SHA not in baseline:
+        return ""
+    def by_pair(frame: pd.DataFrame) -> pd.Series:
+        known = frame[frame[TEACHER_SHA].fillna("").astype(str) != ""]
+        return known.groupby(["teacher", "student"])[TEACHER_SHA].first().astype(str)
+
+    was, now = by_pair(baseline), by_pair(current)
+    lines = [f"- {t}→{s}: teacher sha256 {now[(t, s)][:12]}, the baseline's {was[(t, s)][:12]}"
+             for t, s in sorted(set(was.index) & set(now.index)) if was[(t, s)] != now[(t, s)]]
+    if not lines:
+        return ""
+    return ("**The teachers differ from the baseline's**, so every figure below that "
+            "depends on training moves with them. Either the change under test alters "
+            "teacher training, or this machine's pinned kernels compute other floats than "
+            "the baseline machine's (`benchmarks/isa.py` says what is pinned):\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 def refuse_fewer_seeds(baseline: pd.DataFrame, current: pd.DataFrame, path: Path) -> None:
@@ -361,7 +395,7 @@ def write_baseline(frame: pd.DataFrame, path: Path) -> None:
 
 def read_baseline(path: Path) -> pd.DataFrame:
     """A baseline CSV; one without the ``isa`` column predates per-ISA baselines."""
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={TEACHER_SHA: str, ISA: str})
     if ISA not in frame:
         raise KdbenchError(f"{path} has no {ISA!r} column (baselines made before the gate "
                            "pinned its CPU kernels); rewrite it with `nox -s regress -- "

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.errors import KdbenchError
+from benchmarks.isa import MKL_BRANCH, kernels_label
 from benchmarks.measure.latency import NOISE_ORDER
 from benchmarks.stats import summarize, tied, welch_p
 
@@ -316,7 +317,9 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["teacher_metric"] = r["teacher_metrics"].get(r["metric_name"], math.nan)
         row["notes"] = "; ".join(r.get("notes", []))
         row["test_images"] = r.get("test_images", 0)
-        row["isa"] = (r.get("environment") or {}).get("aten_cpu_capability")
+        env = r.get("environment") or {}
+        row["isa"] = kernels_label(env.get("aten_cpu_capability"),
+                                   (env.get("kernel_env") or {}).get(MKL_BRANCH))
         row["config_hash"] = r.get("config_hash", "")
         row["teacher_sha256"] = (r.get("teacher_checkpoint") or {}).get("sha256", "")
         row["created"] = r.get("created", "")

@@ -4,7 +4,7 @@ Two records are runs of the same configuration, and may be averaged into one lea
 row, only when their hashes are equal. The hash covers the method's resolved config (with
 any variant and ``--set`` overrides), the suite as loaded (every value of its top level and
 of this budget, so comments and other budgets do not count), the data fingerprint, the
-teacher checkpoint's sha256 and the deploy target. The seed is not in it: the seeds of one
+teacher (``teacher_identity``) and the deploy target. The seed is not in it: the seeds of one
 configuration are what a row averages. Nor are other methods' settings (the suite's and
 budget's ``methods`` and ``variants``): editing one method's schedule re-runs that method only.
 """
@@ -40,6 +40,18 @@ def run_config(suite: SuiteConfig, budget: Budget, method_config: dict[str, Any]
     return {"suite": suite_values, "budget": {"name": budget.name, **budget_values},
             "method": method_config, "data": data_fingerprint, "teacher": teacher_sha256,
             "deploy": deploy}
+
+
+def teacher_identity(budget: Budget, teacher_arch: str, teacher_sha256: str,
+                     user_given: bool) -> str:
+    """The teacher as the hash sees it: its sha256 where one checkpoint serves every seed
+    (the budget's shared ``teacher_seed``, or the user's own file). A teacher the harness
+    trains per seed is fixed by the hashed suite, budget and data plus the run's seed, and
+    its bytes differ from seed to seed: with its sha256 in the hash, the seeds of one
+    configuration would never share a row."""
+    if budget.teacher_seed is None and not user_given:
+        return f"{teacher_arch} trained per seed"
+    return teacher_sha256
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -87,7 +87,7 @@ from benchmarks.results import (
     write_failure,
     write_record,
 )
-from benchmarks.run_config import config_hash, run_config
+from benchmarks.run_config import config_hash, run_config, teacher_identity
 from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
 from benchmarks.train import evaluate, fit
 
@@ -315,7 +315,8 @@ class Harness:
                 continue
             record = read_record(path)
             teacher_sha = known or record.get("teacher_checkpoint", {}).get("sha256", "")
-            expected = self.config_hash(config_dict(method.cfg), teacher_sha, deploy)
+            expected = self.config_hash(config_dict(method.cfg), pair.teacher, teacher_sha,
+                                        deploy)
             if record.get("config_hash") != expected:
                 reasons.append(f"the {deploy} record {path} is of another configuration "
                                f"(config_hash {record.get('config_hash') or 'none'}, this run "
@@ -367,7 +368,8 @@ class Harness:
     def _workdir(self, method: Method, pair: Pair, seed: int, teacher_info: TeacherInfo) -> Path:
         """The run's checkpoint folder, keyed by its configuration hash: a killed run is
         resumed only by a run of the same configuration."""
-        cfg_hash = self.config_hash(config_dict(method.cfg), teacher_info.sha256, "fp32")
+        cfg_hash = self.config_hash(config_dict(method.cfg), pair.teacher, teacher_info.sha256,
+                                    "fp32")
         run_key = (f"{self.suite.name}/{self.budget.name}/{method.name}/{pair.label}/"
                    f"seed{seed}/{cfg_hash}")
         workdir = self.cache_dir / "work" / hashlib.sha1(run_key.encode()).hexdigest()[:16]
@@ -565,14 +567,17 @@ class Harness:
                 {"evaluators": evaluated_with} if evaluated_with else {})},
             config=config_dict(method.cfg), recipe=dataclasses.asdict(self.budget.train),
             environment=fingerprint(), test_images=len(ctx.test_split),
-            config_hash=self.config_hash(config_dict(method.cfg), teacher_info.sha256, "fp32"),
+            config_hash=self.config_hash(config_dict(method.cfg), ctx.pair.teacher,
+                                         teacher_info.sha256, "fp32"),
             artifacts=artifacts,
         )
 
-    def config_hash(self, method_config: dict[str, Any], teacher_sha256: str,
-                    deploy: str) -> str:
+    def config_hash(self, method_config: dict[str, Any], teacher_arch: str,
+                    teacher_sha256: str, deploy: str) -> str:
+        teacher = teacher_identity(self.budget, teacher_arch, teacher_sha256,
+                                   teacher_arch in self.teachers.user_checkpoints)
         return config_hash(run_config(self.suite, self.budget, method_config,
-                                      self.data.fingerprint, teacher_sha256, deploy))
+                                      self.data.fingerprint, teacher, deploy))
 
     def _deployed(self, model: nn.Module, name: str) -> nn.Module:
         """``model`` as the suite deploys it (``deployed_forward``), for measurement."""
@@ -636,7 +641,8 @@ class Harness:
         base = dataclasses.replace(
             fp32, run_id=hashlib.sha1(f"{fp32.run_id}/{target}".encode()).hexdigest()[:16],
             deploy=target, macs_dtype=target, latency=[], metrics={}, artifacts={},
-            config_hash=self.config_hash(fp32.config, teacher_info.sha256, target))
+            config_hash=self.config_hash(fp32.config, fp32.teacher, teacher_info.sha256,
+                                         target))
         try:
             if distributed.current().distributed:
                 raise DeployError("harness", RuntimeError(

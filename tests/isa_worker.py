@@ -12,9 +12,11 @@ from torch import nn
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
+# convolutions run in oneDNN; the linear layers are float matrix products that run in MKL
 model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                       nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+                      nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 128), nn.ReLU(),
+                      nn.Linear(128, 10))
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
 for _ in range(10):

@@ -123,6 +123,18 @@ def test_another_configuration_is_run_not_skipped_and_the_old_record_kept(tiny, 
     assert board.loc[board["method"] == "kd", "n"].tolist() == [1]
 
 
+def test_seeds_with_teachers_of_their_own_are_one_row(tiny, tmp_path):
+    """Each seed trains its own teacher here (no shared teacher_seed): the teachers' bytes
+    differ, the configuration does not, so the seeds average into one row (regress
+    --update builds its baselines' seed spread from such rows)."""
+    assert cli(tiny, tmp_path, "--methods", "scratch", "--seeds", "0,1") == 0
+    records = load_records(tmp_path / "results", "tiny-digits", "smoke")
+    assert len({r["teacher_checkpoint"]["sha256"] for r in records}) == 2
+    board = pd.read_csv(tmp_path / "results" / "leaderboard" / "tiny-digits_smoke.csv")
+    assert board.loc[board["method"] == "scratch", "n"].tolist() == [2]
+    assert not board["method"].str.contains("#").any()
+
+
 def test_checkpoints_are_keyed_by_configuration(tiny, tmp_path):
     from benchmarks.config import load_suite
     from benchmarks.runner import Harness

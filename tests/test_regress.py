@@ -264,7 +264,24 @@ def test_the_gate_keeps_teachers_of_its_own_isa_apart(tmp_path, monkeypatch):
             seen["ran"] = (methods, seeds, force)
 
     monkeypatch.setattr(benchmarks.runner, "Harness", Recording)
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     run_smoke("digits", [0], tmp_path / "results", tmp_path / "cache", ["kd"])
     isa = torch.backends.cpu.get_cpu_capability()
-    assert seen["cache_dir"] == tmp_path / "cache" / f"regress-{isa}"
+    # a teacher cached under another MKL branch (or none) was computed by other kernels too
+    assert seen["cache_dir"] == tmp_path / "cache" / f"regress-{isa}+MKL_CBWR=COMPATIBLE"
     assert seen["ran"] == (["kd"], [0], True)
+
+
+def test_a_check_says_first_when_its_teachers_are_not_the_baselines(results, tmp_path, capsys):
+    """Another teacher moves every student: the report names that before the moves."""
+    baselines = tmp_path / "baselines"
+    regress_cli(results, baselines, "--update")
+    capsys.readouterr()
+    assert regress_cli(results, baselines) == 0
+    assert "teachers differ" not in capsys.readouterr().out
+    path = baseline_path(baselines, "cifar100")
+    pd.read_csv(path).assign(teacher_sha256="f" * 64).to_csv(path, index=False)
+    regress_cli(results, baselines)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "The teachers differ from the baseline's" in out
+    assert "teacher sha256 000000000000, the baseline's ffffffffffff" in out

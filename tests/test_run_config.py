@@ -46,3 +46,17 @@ def test_channels_last_on_cpu_only_when_asked():
     assert TrainRecipe().channels_last_on(cuda)
     assert TrainRecipe(cpu_channels_last=True).channels_last_on(cpu)
     assert not TrainRecipe(channels_last=False, cpu_channels_last=True).channels_last_on(cpu)
+
+
+def test_seeds_with_their_own_teachers_share_one_hash_a_shared_teacher_is_hashed_by_bytes():
+    """A per-seed teacher differs in bytes from seed to seed, so its sha256 would make each
+    seed its own configuration; one teacher for every seed is named by its bytes."""
+    from benchmarks.run_config import teacher_identity
+
+    suite = load_suite("fashion-mnist")
+    smoke, short = suite.budget("smoke"), suite.budget("short")
+    assert smoke.teacher_seed is None and short.teacher_seed is not None
+    seed0, seed1 = (teacher_identity(smoke, "resnet14", sha, False) for sha in ("aa", "bb"))
+    assert seed0 == seed1
+    assert teacher_identity(short, "resnet20", "aa", False) == "aa"
+    assert teacher_identity(smoke, "resnet14", "aa", True) == "aa"  # the user's own file

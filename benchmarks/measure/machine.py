@@ -48,6 +48,9 @@ def fingerprint() -> dict:
         "usable_cores": _safe(usable_cores),
         "isa_flags": _safe(lambda: _speed_flags(cpuinfo)) or [],
         "aten_cpu_capability": _safe(torch.backends.cpu.get_cpu_capability),
+        # what the kernels were asked for (the regression gate's pin sets all three)
+        "kernel_env": {k: os.environ.get(k)
+                       for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")},
         "caches": _safe(_cache_sizes),
         "cpu_governor": _safe(lambda: _GOVERNOR.read_text().strip()),
         "os": platform.platform(),
