@@ -29,7 +29,9 @@ sha256_of = sha256_file  # one file hash for teachers and artifacts
 
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temporary name keeps the file's suffix: torch.export.save warns about any other.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
         write(tmp)

@@ -110,7 +110,7 @@ def test_a_killed_run_leaves_no_record_and_resumes(cifar_root, cache_dir, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list(results.rglob("*.json")), "a killed run left a record"
-    assert not list(results.rglob("*.tmp"))
+    assert not list(results.rglob("*.tmp*"))
 
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
                           timeout=600)

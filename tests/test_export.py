@@ -146,3 +146,17 @@ def test_tensorboard_curves_of_a_run_and_the_report_links_them(tmp_path, capsys)
     assert "tensorboard --logdir" in capsys.readouterr().err
     md = (results / "report" / "tiny-digits_smoke" / "leaderboard.md").read_text()
     assert "tensorboard --logdir" in md
+
+
+def test_saving_artifacts_leaves_no_temporary_file_and_no_archive_warning(tmp_path, caplog):
+    """The temporary name keeps ``.pt2``: torch.export.save logs a warning for any other."""
+    from benchmarks.artifacts import save_artifacts
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    with caplog.at_level("WARNING"):
+        entries = save_artifacts(model, (torch.randn(1, 3, 2, 2),), tmp_path / "run", tmp_path)
+    assert set(entries) == {"pt2", "safetensors"}
+    assert all("error" not in entry for entry in entries.values())
+    assert not [r for r in caplog.records if "Expect archive file" in r.getMessage()]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.pt2",
+                                                                     "model.safetensors"]
