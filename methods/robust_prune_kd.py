@@ -84,8 +84,12 @@ class RobustPruneKD(Method):
     ``teacher``: the network compressed and distilled from is the adversarially trained
     teacher (default; trained and cached on first use, PGD-``teacher_attack_steps``) or the
     harness's standard one.
-    Controls, extra rows on the same board: ``magnitude_adv_ft`` (magnitude prune to the
-    same target, adversarial CE fine-tune for as many epochs as the method trains in all),
+    Controls, extra rows on the same board: ``magnitude_adv_ft`` (magnitude prune, then
+    adversarial CE fine-tune for as many epochs as the method trains in all; structured, it
+    keeps in every channel group as many channels as the method's result, so both rows have
+    the same widths, parameters and MACs, and only which channels survive and how they were
+    trained differ — ``magnitude_widths="global"``: the same channel count ranked over all
+    groups, which lands at another size),
     ``prox_no_kd`` (the method with α = 0) and ``standard_teacher`` (the method on the
     standard, non-robust teacher: compressed from it and distilled from it).
     """
@@ -112,6 +116,9 @@ class RobustPruneKD(Method):
         # λ per halving [R]: the prox uses lam·log2(compression)
         lam: Annotated[float, Ge(0)] = 1e-3
         controls: tuple[Control, ...] = CONTROLS
+        # magnitude_adv_ft's cut, structured: "matched" keeps per channel group the method's
+        # own widths (same params and MACs); "global": the top ⌈N/√c⌉ RMS norms over all groups
+        magnitude_widths: Literal["matched", "global"] = "matched"
         # "adversarial": PGD-trained teacher (compression.md §4.1), cached under its own key
         # (the attack below, with teacher_attack_steps/teacher_step_size); "standard": the
         # harness's teacher, trained on clean images (the standard_teacher control's setting)
@@ -160,7 +167,9 @@ class RobustPruneKD(Method):
         if "prox_no_kd" in cfg.controls:
             controls["prox_no_kd"] = self.prox_prune(ctx, teacher, 0.0, "prox_no_kd", about)
         if "magnitude_adv_ft" in cfg.controls:
-            controls["magnitude_adv_ft"] = self.magnitude_baseline(ctx, teacher, about)
+            widths = main.extras.get("group_widths") if cfg.magnitude_widths == "matched" \
+                else None
+            controls["magnitude_adv_ft"] = self.magnitude_baseline(ctx, teacher, about, widths)
         if "standard_teacher" in cfg.controls and cfg.teacher != "standard":
             controls["standard_teacher"] = self.prox_prune(
                 ctx, standard, cfg.alpha, "standard_teacher", {"kind": "standard"})
@@ -201,7 +210,7 @@ class RobustPruneKD(Method):
                              after_step=prox)
         prox_zeros = self.sparsity(student, groups)
         self.check_no_empty_layer(student, groups, name, lam, prox_zeros, target)
-        freeze = self.hard_threshold(student, groups, example)
+        freeze, widths = self.hard_threshold(student, groups, example)
         self.adversarial_fit(ctx, student, loss, f"{name}-finetune", cfg.finetune_epochs,
                              after_step=freeze)
         self.settle_bn(ctx, student)
@@ -210,21 +219,27 @@ class RobustPruneKD(Method):
                            {"prox_sparsity": prox_zeros, "prox_target_sparsity": target,
                             "prox_capped_steps": prox.stats["capped"],
                             "prox_steps": prox.stats["steps"],
-                            "phase_epochs": [cfg.prox_epochs, cfg.finetune_epochs]}, about)
+                            "phase_epochs": [cfg.prox_epochs, cfg.finetune_epochs],
+                            **({"group_widths": widths} if widths else {})}, about)
 
     def magnitude_baseline(self, ctx: RunContext, teacher: FrozenTeacher,
-                           about: dict[str, Any] | None = None) -> Compressed:
-        """Control (a): magnitude prune to the target, then adversarial CE fine-tune."""
+                           about: dict[str, Any] | None = None,
+                           widths: dict[str, int] | None = None) -> Compressed:
+        """Control (a): magnitude prune (to ``widths`` per channel group when given, else to
+        the target over all groups), then adversarial CE fine-tune."""
         cfg = self.cfg
         student = self.student_from(teacher)
         example = ctx.example_input()
         groups = self.groups(student, example)
-        freeze = self.hard_threshold(student, groups, example)
+        freeze, kept = self.hard_threshold(student, groups, example, widths)
         epochs = cfg.prox_epochs + cfg.finetune_epochs
         self.adversarial_fit(ctx, student, adversarial_kd_loss(None, 0.0, cfg.temperature),
                              "magnitude-finetune", epochs, after_step=freeze)
         self.settle_bn(ctx, student)
-        return self.result(student, 0.0, 0.0, {"phase_epochs": [epochs]}, about)
+        extras: dict[str, Any] = {"phase_epochs": [epochs]}
+        if kept:
+            extras |= {"group_widths": kept, "widths_matched": widths is not None}
+        return self.result(student, 0.0, 0.0, extras, about)
 
     @property
     def effective_lam(self) -> float:
@@ -374,22 +389,29 @@ class RobustPruneKD(Method):
         return l1_sparsity(m.weight for m in prunable_layers(student))
 
     def hard_threshold(self, student: nn.Module, groups: list[ChannelGroup],
-                       example: torch.Tensor) -> Callable[[FitState], None] | None:
-        """Cut to the target and return the hook that keeps the zero pattern while training.
+                       example: torch.Tensor, widths: dict[str, int] | None = None,
+                       ) -> tuple[Callable[[FitState], None] | None, dict[str, int]]:
+        """Cut to the target; return the hook that keeps the zero pattern while training and
+        the channels kept per group (structured; empty when unstructured).
 
         Structured: the dropped channels are zeroed and removed physically, so nothing
-        needs freezing; unstructured: the mask is re-applied after every step (momentum
-        and weight decay would revive zeros otherwise).
+        needs freezing; ``widths`` (group name → channels) cuts each group to its own
+        count instead of ranking over all groups. Unstructured: the mask is re-applied after
+        every step (momentum and weight decay would revive zeros otherwise).
         """
         compression = self.cfg.compression
         if self.cfg.sparsity == "filter":
-            zero_weakest_channels(groups, self.kept_channels(groups))
+            if widths is None:
+                zero_weakest_channels(groups, self.kept_channels(groups))
+            else:
+                zero_weakest_per_group(groups, widths)
+            kept = {g.name: int((g.squared_norms() > 0).sum()) for g in groups}
             remove_zero_channels(student, example, exclude=[classifier_of(student)])
-            return None
+            return None, kept
         masks = magnitude_masks(student, 1 - 1 / compression,
                                 layers=prunable_layers(student))
         apply_masks(masks)
-        return lambda state: apply_masks(masks)
+        return (lambda state: apply_masks(masks)), {}
 
     def adversarial_fit(self, ctx: RunContext, student: nn.Module, loss, name: str,
                         epochs: int, after_step: Callable[[FitState], None] | None) -> None:
@@ -464,3 +486,18 @@ def zero_weakest_channels(groups: list[ChannelGroup], keep: int) -> None:
         start += group.channels
         for t in group.channel_tensors():
             t.mul_(mask.to(t.dtype).view(-1, *([1] * (t.dim() - 1))))
+
+
+@torch.no_grad()
+def zero_weakest_per_group(groups: list[ChannelGroup], widths: dict[str, int]) -> None:
+    """Zero all but the ``widths[group.name]`` channels of largest norm in every group."""
+    missing = [g.name for g in groups if g.name not in widths]
+    if missing:
+        raise ValueError(f"no width given for channel groups {missing}; widths name "
+                         f"{sorted(widths)}")
+    for group in groups:
+        keep = min(group.channels, max(1, widths[group.name]))
+        mask = torch.zeros(group.channels, dtype=torch.bool)
+        mask[group.squared_norms().topk(keep).indices] = True
+        for t in group.channel_tensors():
+            t.mul_(mask.to(t.device, t.dtype).view(-1, *([1] * (t.dim() - 1))))

@@ -27,7 +27,7 @@ from methods.common.pruning import (
     prunable_layers,
     remove_zero_channels,
 )
-from methods.robust_prune_kd import RobustPruneKD, zero_weakest_channels
+from methods.robust_prune_kd import RobustPruneKD, zero_weakest_channels, zero_weakest_per_group
 
 X = torch.randn(2, 3, 32, 32)
 # teacher "standard": these tests hand in their own (random) teacher, not a trained one
@@ -209,6 +209,33 @@ def test_controls_become_extra_rows(make_context):
     assert out.controls["magnitude_adv_ft"].extras["phase_epochs"] == [2]
     for control in out.controls.values():
         assert deployment_problems(control.model) == []
+
+
+def test_the_magnitude_control_has_the_methods_widths_params_and_macs(make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    out = method(compression=4.0, controls=("magnitude_adv_ft",), train_images=64).run(ctx)
+    control = out.controls["magnitude_adv_ft"]
+    assert control.extras["group_widths"] == out.extras["group_widths"]
+    assert control.extras["widths_matched"] is True
+
+    def size(m):
+        return sum(p.numel() for p in m.parameters()), count_macs(m, (X,))
+    assert size(control.model) == size(out.model) < size(ctx.teacher().model)
+
+
+def test_cutting_each_group_to_its_width_keeps_its_strongest_channels():
+    model = resnet8()
+    groups = channel_groups(model, X, exclude=[classifier_of(model)])
+    before = {g.name: g.squared_norms().clone() for g in groups}
+    widths = {g.name: max(1, g.channels // (i + 2)) for i, g in enumerate(groups)}
+    zero_weakest_per_group(groups, widths)
+    for g in groups:
+        alive = g.squared_norms() > 0
+        assert int(alive.sum()) == widths[g.name]
+        strongest = before[g.name].topk(widths[g.name]).indices
+        assert bool(alive[strongest].all())
+    with pytest.raises(ValueError, match="no width given"):
+        zero_weakest_per_group(groups, {})
 
 
 def test_bad_config_values_are_named():
