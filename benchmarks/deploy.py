@@ -1,4 +1,7 @@
-"""INT8 deployment on CPU: torchao's PT2E flow with the x86 Inductor quantizer (MEASUREMENT.md §4).
+"""INT8 deployment on CPU: torchao's PT2E flow with the x86 Inductor quantizer.
+
+The flow is the one of torchao's tutorial ``pt2e_quant_x86_inductor`` (pytorch/ao); what the
+board shows of it is in README.md, "INT8 deployment and the hybrid low-rank method".
 
 One job: turn the fp32 model a method returned into the program that would be deployed as INT8,
 and describe that program. ``quantize_int8`` exports the model (dynamic batch), inserts observers
@@ -83,7 +86,7 @@ def export_program(model: nn.Module, input_shape: Sequence[int]) -> ExportedMode
     """``torch.export`` of ``model`` on CPU in eval mode with a dynamic batch dimension.
 
     Strict export first: non-strict export groups every call of a reused module into one
-    source partition and ``prepare_pt2e`` then rejects it (MEASUREMENT.md §4, pytorch/ao#4478).
+    source partition and ``prepare_pt2e`` then rejects it (pytorch/ao#4478).
     """
     model = copy.deepcopy(model).cpu().eval()
     example = (torch.randn(2, *input_shape),)  # batch 2: sizes 0/1 would be specialised

@@ -37,7 +37,7 @@ RUN_COLUMNS = [*GROUP, "seed", "metric_name", "reference", "params", "macs", "pa
 
 @dataclass
 class RunRecord:
-    """One run of one method on one pair with one seed (see DESIGN.md, "Result record")."""
+    """One run of one method on one pair with one seed (see README.md, "Results")."""
 
     run_id: str
     created: str

@@ -1,6 +1,6 @@
 """The harness: run methods on a suite, evaluate and measure what they return, write records.
 
-Data flow of one run (DESIGN.md): suite config -> (method, pair, seed, budget) -> teacher
+Data flow of one run: suite config -> (method, pair, seed, budget) -> teacher
 cache -> method.run -> evaluate -> measure (params, MACs, latency vs teacher in the same
 process) -> run record JSON (atomic) -> leaderboard CSV aggregated from the records.
 """

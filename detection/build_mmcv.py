@@ -2,10 +2,11 @@
 
 mmdet 3.3.0 needs mmcv >= 2.0.0rc4, < 2.2.0 *with* its compiled ops (``import mmdet.models``
 imports ``mmcv.ops``), and PyPI has mmcv 2.1.0 only as source. Building it against torch 2.14
-needs two fixes (../shared/wheels/README.md): ``setuptools<70`` + ``wheel`` in a build env that
-sees the installed torch (``pip wheel --no-build-isolation``), and C++20 instead of the
-``-std=c++14/17`` that mmcv's setup.py hard-codes (torch 2.14's headers need C++20): the compiler
-(and on CUDA builds nvcc) is called through a wrapper that rewrites that flag.
+needs two fixes (README.md, "Installing mmdet: mmcv with compiled ops"): ``setuptools<70`` +
+``wheel`` in a build env that sees the installed torch (``pip wheel --no-build-isolation``),
+and C++20 instead of the ``-std=c++14/17`` that mmcv's setup.py hard-codes (torch 2.14's
+headers need C++20): the compiler (and on CUDA builds nvcc) is called through a wrapper that
+rewrites that flag.
 
     python -m detection.build_mmcv ensure        # install: cached wheel, else build (once)
     python -m detection.build_mmcv build --force # (re)build the wheel into the cache
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MMCV_VERSION = "2.1.0"
-# The torch the prebuilt wheel in ../shared/wheels was compiled against (its README).
+# The torch the prebuilt wheel in ../shared/wheels was compiled against (README.md,
+# "Installing mmdet: mmcv with compiled ops").
 PREBUILT_TORCH = "2.14.1"
 # The build environment's tools, pinned (setuptools < 70: mmcv's setup.py needs pkg_resources).
 BUILD_TOOLS = ("setuptools==69.5.1", "wheel==0.45.1", "ninja==1.13.0")

@@ -22,9 +22,9 @@ SUITES_DIR = Path(__file__).parent / "suites"
 CONFIGS_DIR = Path(__file__).parent / "configs"
 METHODS = ("teacher", "scratch", "ctkd")  # the rows a detection suite produces
 # ctkd is trained by mmengine's Runner, not a ``Method``: its paper claims are declared here
-# (detection/ctkd.py needs mmdet; ``kdbench claims`` must not). Gao et al. 2021 give no figures
-# that could be read (online-det-reid.md §3.1): the abstract's claim is that the adapted KD
-# improves the light-weight keypoint detector.
+# (detection/ctkd.py needs mmdet; ``kdbench claims`` must not). Gao et al. (Trans. Inst. Meas.
+# Control 43(13):2888-2898, 2021) give no figures in their abstract, the only part used: it
+# claims that the adapted KD improves the light-weight keypoint detector.
 DETECTION_CLAIMS: dict[str, tuple[Claim, ...]] = {"ctkd": (
     Claim("ctkd", "scratch", "mAP",
           text="distillation from the CenterNet teacher beats the same student detector "

@@ -139,13 +139,14 @@ class ChannelSelection(Method):
 
     Defaults for the ``full`` budget follow the patent's embodiment (pair ``resnet56``, the
     network compressed is the teacher's own architecture from its trained weights); every
-    other choice is the spec's reconstruction [R].
+    other choice is kdbench's own, marked [R].
     """
 
     label = "Guo & Chen, SCUT patent 2019"
 
     # The patent claims "higher compression and acceleration ratio" only, with no numbers;
-    # ~50 % MACs with a top-1 drop <= 0.5 pp is the spec's [R] target (compression.md §3.2).
+    # ~50 % MACs with a top-1 drop <= 0.5 pp is kdbench's target [R], about what soft filter
+    # pruning (He et al., IJCAI 2018) reaches on ResNet-56 CIFAR-10.
     # The first claim's reference is the control row channel_selection:l1_finetune (an
     # L1-magnitude cut to the same channel counts, then the same fine-tune).
     claims = (
@@ -155,7 +156,7 @@ class ChannelSelection(Method):
         Claim("channel_selection", "teacher", "macs_ratio", direction="lower",
               text="the hard-cut network runs fewer MACs than the teacher"),
         Claim("channel_selection", "teacher", "top1", margin=-0.5,
-              paper_note="no figure in the patent; -0.5 pp is the spec's [R] target",
+              paper_note="no figure in the patent; -0.5 pp is kdbench's choice [R]",
               text="top-1 within 0.5 points of the teacher"),
     )
 

@@ -9,8 +9,8 @@ the unpruned teacher.
 
 A Combine-Net row is always compressed: rate 0 is never chosen. Without a knee (the curve is
 convex or flat, e.g. an under-trained teacher) the rate is the largest one > 0 whose
-accuracy stays within ``fallback_tolerance`` points of the least pruned candidate's (the
-spec's fallback, compression.md §5.5), and when no rate > 0 does, the grid rate nearest
+accuracy stays within ``fallback_tolerance`` points of the least pruned candidate's
+(kdbench's fallback [R], not the paper's), and when no rate > 0 does, the grid rate nearest
 ``fallback_rate``. ``extras["rate_selection"]`` records which rule chose each rate.
 
 ``rate_mode="global"`` applies one rate to every channel group. ``"per_block"`` sweeps each
@@ -137,9 +137,9 @@ class CombineNet(Method):
 
     label = "after Wang et al. 2021"
 
-    # Abstract (compression.md §5.2): ResNet-50 CIFAR-100 −71 % params, −41 % FLOPs (VGG-16
-    # CIFAR-10 −95 % / −83 %) "without precision loss", read here as a top-1 drop under 1 point
-    # (the method's own fallback_tolerance).
+    # Abstract [S] (Wang, Li & Zhang, Information 12(7):264, 2021): ResNet-50 CIFAR-100
+    # −71 % params, −41 % FLOPs (VGG-16 CIFAR-10 −95 % / −83 %) "without precision loss",
+    # read here as a top-1 drop under 1 point (the method's own fallback_tolerance).
     claims = (
         Claim("combine_net", "teacher", "params_ratio", direction="lower", paper=0.29,
               paper_note="value, ResNet-50 CIFAR-100: −71 % params",
@@ -160,8 +160,8 @@ class CombineNet(Method):
         calib_batch_size: int = 64
         val_images: int = 5000  # held out of the training split to score candidates [R]
         sensitivity: float = 1.0  # Kneedle's S
-        # Without a knee (compression.md §5.5): the largest rate > 0 whose held-out accuracy
-        # is within fallback_tolerance points of the least pruned candidate's; if no rate > 0
+        # Without a knee [R]: the largest rate > 0 whose held-out accuracy is within
+        # fallback_tolerance points of the least pruned candidate's; if no rate > 0
         # is, the grid rate nearest fallback_rate. Rate 0 (the unpruned teacher) is never
         # chosen. 0.3 [R]: a uniform rate r scales MACs by ≈ (1 − r)², so ≈ −50 % MACs,
         # EagleEye's ResNet-50 −50 % FLOPs target, between the paper's ResNet-50 CIFAR-100
@@ -182,8 +182,8 @@ class CombineNet(Method):
                 raise ConfigError(f"combine_net.rates must be >= 3 strictly ascending rates in "
                                   f"[0, 1) (Kneedle needs increasing x), got {self.rates}")
 
-    # Smoke (compression.md §5.4): 10-point grid, 10 calibration batches of 64, 256 held-out
-    # images, one KD epoch on 512 images.
+    # Smoke [R]: 10-point grid, 10 calibration batches of 64, 256 held-out images, one KD
+    # epoch on 512 images.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {
         "rates": tuple(i / 10 for i in range(10)), "calib_batches": 10, "val_images": 256,
         "epochs": 1, "train_images": 512,

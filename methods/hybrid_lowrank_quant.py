@@ -1,6 +1,7 @@
 """Hybrid low-rank + FC pruning + INT8 with multi-layer teacher-student recovery (Chen 2018).
 
-After W.J. Chen's thesis (methods/compression.md §6, seed 004): every conv layer whose weight
+After W.J. Chen, "The Acceleration and Compression of Convolutional Neural Networks" (master's
+thesis, 2018; its abstract is the source): every conv layer whose weight
 ``W ∈ R^{C_out × C_in·k·k}`` gains from it is replaced by its truncated SVD ``U_r Σ_r V_rᵀ`` as
 two layers, a k×k conv C_in→r (``√Σ_r V_rᵀ``) and a 1×1 conv r→C_out (``U_r √Σ_r``); the
 fully-connected layers are magnitude-pruned (zeros folded into the weights); the network then
@@ -42,7 +43,8 @@ FC_NOTE = "FC zeros are unstructured: no dense MACs/latency gain from them"
 # ---- low-rank factorisation ------------------------------------------------------------
 def useful_rank_limit(c_in: int, c_out: int, kh: int, kw: int) -> int:
     """Largest rank r whose factorisation has fewer MACs than the layer:
-    r·(C_in·k² + C_out) < C_out·C_in·k² (compression.md §6); 0 when none does."""
+    r·(C_in·k² + C_out) < C_out·C_in·k² (MACs per output pixel of the two factors against the
+    dense layer's); 0 when none does."""
     cols = c_in * kh * kw
     return math.ceil(c_out * cols / (cols + c_out)) - 1
 
@@ -213,7 +215,7 @@ class HybridLowRankQuant(Method):
     label = "after W.J. Chen 2018 (thesis)"
     deploy: ClassVar[tuple[str, ...]] = ("int8",)
 
-    # The thesis abstract (compression.md §6) states no figures: INT8 shrinks the factorised
+    # The thesis abstract (Chen 2018) states no figures: INT8 shrinks the factorised
     # model (its fp32 row) at most 1 point of top-1 [R], and the low-rank step cuts MACs
     # against the teacher it factorises.
     claims = (
@@ -224,7 +226,7 @@ class HybridLowRankQuant(Method):
               direction="lower", deploy="int8",
               text="the INT8 program file is smaller than its fp32 form's"),
         Claim("hybrid_lowrank_quant", "hybrid_lowrank_quant", "top1", margin=-1.0,
-              deploy="int8", paper_note="no figure in the thesis; 1 pp is [R]",
+              deploy="int8", paper_note="no figure in the thesis; 1 pp is kdbench's choice [R]",
               text="INT8 costs at most 1 point of top-1 against its fp32 form"),
         Claim("hybrid_lowrank_quant", "teacher", "macs_ratio", direction="lower",
               text="the low-rank network runs fewer MACs than the teacher"),

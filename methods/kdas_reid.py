@@ -109,8 +109,8 @@ class KDASReID(Method):
 
     label = "after Lei et al. 2021"
 
-    # Abstract (online-det-reid.md §4.1): the searched model has < 50 % of the ResNet-50
-    # teacher's parameters and beats it; Market-1501 rank-1 94.6 %.
+    # Lei et al., Algorithms 14(5):137, 2021 (abstract and article page): the searched model
+    # has < 50 % of the ResNet-50 teacher's parameters and beats it; Market-1501 rank-1 94.6 %.
     claims = (
         Claim("kdas_reid", "teacher", "params_ratio", direction="lower", margin=0.5,
               paper_note="abstract: < 50 % of the teacher's parameters",
@@ -156,7 +156,7 @@ class KDASReID(Method):
             check_ops(self.ops, "kdas_reid ops")
             check_schedule(self.t0, self.temperature_schedule)
 
-    # CPU smoke: the scale of the spec's §4.6 (2-cell supernet, 8 channels, 5 ops, 2 epochs).
+    # CPU smoke [R]: 2-cell supernet, 8 channels, 5 ops, 2 epochs.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(
         search_epochs=2, search_batch_size=32, search_images=128, search_channels=8,
         search_layers=2, ops=SMOKE_OPS, channels=8, layers=2,

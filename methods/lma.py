@@ -51,8 +51,9 @@ def lma_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
 class LMAMethod(Method):
     """Student with every ReLU replaced by LMA, trained by KD from the teacher."""
 
-    # README of motefly/LMA (online-det-reid.md §2.4): CIFAR-10 Student 1, 5 seeds, LMA-8
-    # 90.57 ± 0.20 vs ReLU 88.74 (the listed seeds' mean): +1.83 pp with the same KD.
+    # README of the authors' code (motefly/LMA; Xu et al., AAAI 2020): CIFAR-10 Student 1,
+    # 5 seeds, LMA-8 90.57 ± 0.20 vs ReLU 88.74 (the listed seeds' mean): +1.83 pp with the
+    # same KD.
     claims = (
         Claim("lma", "lma:relu", "top1", paper=1.83,
               paper_note="Δ, LMA README: CIFAR-10 Student 1, LMA-8 90.57 vs ReLU 88.74",

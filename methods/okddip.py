@@ -6,7 +6,7 @@ distils from its own target, an attention-weighted mix of the peers' logits (bia
 query/key maps on the pooled features, softmax over all peers including itself, mixing in
 logit space); the leader distils from the plain mean of the peer logits. Only the leader
 path is deployed, so the returned model is exactly the zoo backbone. Defaults follow the
-authors' ``train_GL.py`` (see shared/methods/online-det-reid.md §1).
+authors' ``train_GL.py`` (github.com/DefangChen/OKDDip).
 """
 
 from __future__ import annotations
@@ -177,8 +177,9 @@ class OKDDip(Method):
     reference = "scratch"  # no teacher: compared with the same backbone trained alone
     label = "online KD, no teacher; Δ vs scratch"
 
-    # The OKDDip tables were not readable (online-det-reid.md §1.4); the PCL paper's re-run
-    # gives OKDDip 73.25 ± 0.38 on ResNet-32 CIFAR-100 (the backbone alone ≈ 70-71, unverified).
+    # No figure from the OKDDip paper's own tables (arXiv 1912.00350, Tables 2-4) is used; the
+    # re-run in the PCL paper (Wu & Gong, AAAI 2021; README of its code) gives OKDDip
+    # 73.25 ± 0.38 on ResNet-32 CIFAR-100 (the backbone alone ≈ 70-71, unverified).
     claims = (
         Claim("okddip", "scratch", "top1", paper=73.25,
               paper_note="value, PCL re-run: ResNet-32 CIFAR-100 leader 73.25",

@@ -77,9 +77,10 @@ class ProgressiveBlockKD(Method):
 
     label = "Wang et al. IJCAI-18"
 
-    # Patent ¶0065 (compression.md §1.3): VGG-16 CIFAR-100, top-1 drop 2.22 pp and computation
-    # "−169 %" (read as 2.69x fewer FLOPs). The student is the teacher with half-width blocks
-    # (not the pair's student), so the kd/scratch rows it is compared with are another size.
+    # Zhejiang Univ. patent (2018) ¶0065 [S]: VGG-16 CIFAR-100, top-1 drop 2.22 pp and
+    # computation "−169 %" (read as 2.69x fewer FLOPs [R]). The student is the teacher with
+    # half-width blocks (not the pair's student), so the kd/scratch rows it is compared with
+    # are another size.
     claims = (
         Claim("progressive_block_kd", "teacher", "top1", margin=-2.22, paper=-2.22,
               paper_note="Δ, patent ¶0065: VGG-16 CIFAR-100 top-1 drop 2.22 pp",
@@ -97,12 +98,15 @@ class ProgressiveBlockKD(Method):
     @dataclass(frozen=True)
     class Config:
         split: Split = "stages"  # [R] stages (VGG blocks / ResNet stages) | units (residual units)
-        # [P] fraction of every conv's filters a student block keeps
+        # [P] (IJCAI-18, Fig. 2: half the filters) fraction of every conv's filters a student
+        # block keeps
         width_ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
-        # [S] step i's teacher is N_{i-1} | original N_0
+        # [S] (patent abstract) step i's teacher is N_{i-1} | original N_0
         teacher_prefix: Literal["converted", "original"] = "converted"
-        block_loss: Literal["fro", "mse"] = "fro"  # [P-3rd] fro (per-sample Frobenius norm) | mse
-        block_weight: float = 0.1  # [P-3rd] alpha, weight of the block term
+        # [P-3rd] (chris4540/DD2424-dl-proj, a VGG-16 CIFAR-10 reimplementation): the block
+        # loss, fro (per-sample Frobenius norm) | mse, and alpha, the weight of the block term
+        block_loss: Literal["fro", "mse"] = "fro"
+        block_weight: float = 0.1
         ce_weight: float = 1.0  # weight of cross-entropy on the labels
         kd_weight: float = 0.0  # [R] optional logits KD from the step's teacher
         temperature: float = 4.0

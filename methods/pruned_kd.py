@@ -52,8 +52,9 @@ class PrunedKD(Method):
 
     label = "Liu et al. BlockSys 2019"
 
-    # The claim under test (compression.md §2.1): KD (c) > fine-tune (a) > scratch init (b) on
-    # the same pruned structure at equal epochs. The paper's figure is a value, not a Δ:
+    # The claim under test, read from the abstract [S] (Liu, Zhang & Chen, BlockSys 2019,
+    # Springer CCIS 2020): KD (c) > fine-tune (a) > scratch init (b) on the same pruned
+    # structure at equal epochs. The paper's figure is a value, not a Δ:
     # ResNet-152 CIFAR-100 pruned 22× at 73.83 % (the pruned_kd_unstructured variant's setting).
     claims = (
         Claim("pruned_kd", "pruned_kd:finetune", "top1", paper=73.83,
@@ -92,8 +93,9 @@ class PrunedKD(Method):
         loader = ctx.train_loader(images=cfg.train_images)
         if cfg.recalibrate_batches:
             recalibrate_bn(pruned, loader, cfg.recalibrate_batches)
-        # A diagnostic only (the pruned, BN-recalibrated model before training, compression.md
-        # §2.5), never used for a decision: read on the test split, and its key says so.
+        # A diagnostic only (the pruned model before training, its BN recalibrated so that it
+        # is not unfairly low), never used for a decision: read on the test split, and its key
+        # says so.
         extras = {"prune": cfg.prune, "ratio": cfg.ratio,
                   "pruned_top1_test": ctx.evaluate(pruned)["top1"]}
         notes = self.notes(ctx)

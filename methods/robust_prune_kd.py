@@ -96,8 +96,9 @@ class RobustPruneKD(Method):
 
     label = "after Lee & Lee 2021"
 
-    # Abstract [S] (compression.md §4.3): a better robustness-vs-compression trade-off than
-    # adversarial pruning; no numeric table was readable. Both controls are on the same target.
+    # Abstract [S] (Lee & Lee, Applied Sciences 11(3):1093, 2021): a better robustness-vs-
+    # compression trade-off than adversarial pruning; it gives no figures, so the claims carry
+    # none. Both controls are on the same target.
     claims = (
         Claim("robust_prune_kd", "robust_prune_kd:magnitude_adv_ft", "robust_top1",
               text="prox-grad adversarial KD pruning keeps more PGD-20 accuracy than magnitude "
@@ -119,7 +120,8 @@ class RobustPruneKD(Method):
         # magnitude_adv_ft's cut, structured: "matched" keeps per channel group the method's
         # own widths (same params and MACs); "global": the top ⌈N/√c⌉ RMS norms over all groups
         magnitude_widths: Literal["matched", "global"] = "matched"
-        # "adversarial": PGD-trained teacher (compression.md §4.1), cached under its own key
+        # "adversarial": PGD-trained teacher [R] (the abstract pairs KD with adversarial
+        # training; who trains adversarially is not stated), cached under its own key
         # (the attack below, with teacher_attack_steps/teacher_step_size); "standard": the
         # harness's teacher, trained on clean images (the standard_teacher control's setting)
         teacher: Literal["adversarial", "standard"] = "adversarial"
@@ -145,7 +147,7 @@ class RobustPruneKD(Method):
         # chance, where the unpruned network is clearly above it, raises; 0: no check
         collapse_check_images: int = 500
 
-    # Smoke: one cheap point, PGD-3 (compression.md §4.5), 256 images, one epoch per phase.
+    # Smoke [R]: one cheap point, PGD-3, 256 images, one epoch per phase.
     # The adversarial teacher is trained with one attack step of 1.25·ε from a random start
     # (FGSM-RS, Wong et al. 2020): about 1.5x the standard teacher's time instead of 11x for
     # PGD-10, paid once per cache (a few CPU minutes on the smoke budget).

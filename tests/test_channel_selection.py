@@ -1,4 +1,6 @@
-"""Channel self-selection: the invariants of compression.md §3.3."""
+"""Channel self-selection: its invariants (all-ones gates change nothing, the soft cut keeps
+shapes and lets channels regrow, the hard-cut export equals the gated network, exact MACs,
+one coefficient vector per residual group)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Combine-Net (compression.md §5.3): Kneedle on kneed's test curves, Adaptive BN on
+"""Combine-Net (Wang, Li & Zhang 2021): Kneedle on kneed's test curves, Adaptive BN on
 training batches only, channel rounding, MACs vs the analytic count, the recorded curve."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The ctkd method: positive retaining, zero KD at equality, frozen teacher, tau schedule
-(spec §3.5, 5-8), and the CenterNetKD model's contract (config keys, export, checkpoints)."""
+"""The ctkd method: positive retaining, zero KD at equality, frozen teacher, tau schedule,
+and the CenterNetKD model's contract (config keys, export, checkpoints)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CenterNet targets and decoding as the detection benchmark uses them (spec §3.5, 1-4).
+"""CenterNet targets and decoding as the detection benchmark uses them.
 
 These pin down mmdet behaviour the ctkd losses rely on: Gaussian peaks of exactly 1 merged by
 max, positives counted per (class, cell), size/offset targets, and an exact round trip from

@@ -1,5 +1,5 @@
 """KDAS-ReID: search space, mixed ops, genotype derivation, dynamic temperature, KD loss and
-the bilevel steps (spec §4.5, invariants 5-7)."""
+the bilevel steps."""
 
 from __future__ import annotations
 

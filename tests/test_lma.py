@@ -1,5 +1,7 @@
-"""LMA (methods/common/lma_activation.py, methods/lma.py): the invariants of
-shared/methods/online-det-reid.md §2.5, the two implementations, the ReLU swap and a run."""
+"""LMA (methods/common/lma_activation.py, methods/lma.py): the activation's invariants (the
+one- and two-segment special cases, segment boundaries and slopes, eval output independent of
+the batch, 2K parameters, running statistics in the state dict), the two implementations, the
+ReLU swap and a run."""
 
 from __future__ import annotations
 

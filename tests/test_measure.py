@@ -181,7 +181,8 @@ N_TOKENS, DIM, HEADS = 16, 64, 4
 # qkv + proj linears, then q@k^T and attn@v over all heads
 ATTENTION_MACS = N_TOKENS * DIM * 3 * DIM + N_TOKENS * DIM * DIM + 2 * N_TOKENS**2 * DIM
 # what torchprofile's trace may call a conv/linear/matmul/attention node; its other handlers
-# (norms, pooling, mul) count ops outside the leaderboard's op set (MEASUREMENT.md §1.5)
+# (norms, pooling, mul) count ops outside the leaderboard's op set (README.md, "What is
+# measured": conv, linear/matmul, attention)
 MATMUL_LIKE_OPS = {
     "aten::_convolution", "aten::linear", "aten::matmul", "aten::addmm", "aten::bmm",
     "aten::baddbmm", "aten::scaled_dot_product_attention",

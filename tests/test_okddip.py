@@ -1,5 +1,6 @@
-"""OKDDip (methods/okddip.py): the invariants of shared/methods/online-det-reid.md §1.5,
-the branch split of zoo models, and one short run without a teacher."""
+"""OKDDip (methods/okddip.py): its invariants (attention rows are distributions, targets mix
+the peer logits, the ramp-up's end points, a leader the size of the plain backbone), the
+branch split of zoo models, and one short run without a teacher."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Progressive blockwise KD: the invariants of compression.md §1.4."""
+"""Progressive blockwise KD: its invariants (block output shapes and receptive field, half
+the filters plus a 1x1 back, only the step's block trains, MACs fall at every step)."""
 
 from __future__ import annotations
 

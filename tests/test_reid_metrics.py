@@ -1,5 +1,6 @@
-"""CMC / mAP (torchreid's ``eval_market1501``): the spec's hand-made example, a brute-force
-loop on random matrices, and every invariant of §4.5 (1-4)."""
+"""CMC / mAP (torchreid's ``eval_market1501``): a two-query example worked out by hand, a
+brute-force loop on random matrices, and the metric's invariants (perfect embedding, gallery
+order, same-camera matches, CMC and AP bounds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Robust pruning + KD (compression.md §4.4): prox operators, zero-channel removal, the
+"""Robust pruning + KD (Lee & Lee 2021): prox operators, zero-channel removal, the
 adversarial KD loop (attack against the student, frozen teacher), sparsity vs λ, controls."""
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def test_sparsity_grows_with_lambda(make_context, sparsity, lams):
     ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
     found = [_prox_sparsity(ctx, lam, sparsity) for lam in lams]
     assert found[0] == 0.0 < found[1]  # λ = 0: plain training, no exact zeros
-    assert found == sorted(found) and found[-1] >= 0.3, found  # ≥ 30 % zeros (§4.5)
+    assert found == sorted(found) and found[-1] >= 0.3, found  # ≥ 30 % zeros
 
 
 def test_structured_run_returns_a_physically_smaller_model(make_context):

@@ -1,6 +1,7 @@
 """Measurement: MACs, what the deployed model is, latency vs the teacher, machine fingerprint.
 
-One implementation of each, used for every method (see MEASUREMENT.md for how and why).
+One implementation of each, used for every method (what each reports: README.md, "What is
+measured"; how and why: each module's docstring).
 """
 
 from benchmarks.measure.flops import count_flops, count_macs

@@ -32,7 +32,8 @@ def count_flops(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int
     """FLOPs (= 2 x MACs) of one forward pass on ``example_inputs``.
 
     Counts on a meta copy; a model whose forward needs real values (``.item()``, data-dependent
-    branching) is counted on a real CPU copy with grad enabled instead (MEASUREMENT.md §1.3).
+    branching) is counted on a real CPU copy with grad enabled instead (meta tensors hold no
+    values to branch on).
     """
     try:
         return _count_on(model, example_inputs, torch.device("meta"))

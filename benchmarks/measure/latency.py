@@ -1,7 +1,8 @@
-"""Latency and speed-up versus the teacher, measured honestly (MEASUREMENT.md §2, §6).
+"""Latency and speed-up versus the teacher, measured honestly (README.md, "What is measured").
 
 Teacher and student are timed in the same process on the same input with the same threads,
-memory format and cuDNN settings, in interleaved rounds with alternating order (T,S / S,T / ...).
+memory format and cuDNN settings, in interleaved rounds with alternating order (T,S / S,T / ...;
+interleaved trials after Abedi & Brecht, ICPE 2017).
 The speed-up is the median of the per-round ratios t_teacher / t_student. Its 95 % CI is taken
 over rounds, never over iterations (iterations within a round are autocorrelated): a BCa
 bootstrap of the median (``scipy.stats.bootstrap``, fixed seed) from ``BOOTSTRAP_MIN_ROUNDS``

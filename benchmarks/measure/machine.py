@@ -1,4 +1,4 @@
-"""Machine fingerprint stored next to every absolute latency (MEASUREMENT.md §2.4).
+"""Machine fingerprint stored next to every absolute latency (README.md, "What is measured").
 
 Speed-ups travel across machines; absolute milliseconds only mean something together with the
 CPU, its ISA extensions and caches, the thread setup, the torch build and the GPU. Every probe

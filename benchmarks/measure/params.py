@@ -1,9 +1,10 @@
 """What the deployed model is: parameters, bytes, sparsity and leftovers of the exported program.
 
-Parameters are counted on the ``torch.export`` program (MEASUREMENT.md §1.4, §3): only tensors
-the exported graph actually reads, tied weights once. A model that cannot be exported is still
-counted (unique ``parameters()``), with the reason recorded, so one odd submission never stops
-the harness.
+Parameters are counted on the ``torch.export`` program (README.md, "What is measured"): only
+tensors the exported graph actually reads, tied weights once (``parameters()`` of a PT2E
+model still holds the dead fp32 weights next to the int8 ones the graph uses). A model that
+cannot be exported is still counted (unique ``parameters()``), with the reason recorded, so
+one odd submission never stops the harness.
 """
 
 from __future__ import annotations
