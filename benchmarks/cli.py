@@ -243,7 +243,7 @@ def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks import api
-    from benchmarks.results import load_records
+    from benchmarks.results import duration_text, load_records
 
     suite = load_suite(args.suite)
     teacher_checkpoints = parse_assignments(args.teacher_ckpt, "--teacher-ckpt")
@@ -288,19 +288,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         if planned:
-            console.print(f"{planned[0]} runs in {_duration(time.perf_counter() - started)} "
+            console.print(f"{planned[0]} runs in {duration_text(time.perf_counter() - started)} "
                           "wall time (runs with a record of this configuration are skipped)")
     if not _primary():  # under torchrun: rank 0 wrote the records and reports them
         return 0
     return show_leaderboard(suite.name, args.budget, args.results_dir,
                             metrics=suite.table_metrics, wide=args.wide,
                             built=(result.board, result.leaderboard_csv))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,

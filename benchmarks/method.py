@@ -67,6 +67,9 @@ class Method(abc.ABC):
     # method whose product is the quantized model); the harness quantizes, never the method.
     deploy: ClassVar[tuple[str, ...]] = ()
     claims: ClassVar[tuple[Claim, ...]] = ()  # the paper's claims (benchmarks/claims.py)
+    # Evaluators the method's claims are judged on, run on its rows besides the suite's (e.g.
+    # ("robust",) for a robustness claim), so one `kdbench run` of a suite measures every claim.
+    evaluators: ClassVar[tuple[str, ...]] = ()
 
     name: str = ""  # the registered name, set when the harness builds it
 

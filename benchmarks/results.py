@@ -120,6 +120,13 @@ class FailedRun:
     status: str = "failed"
 
 
+def duration_text(seconds: float) -> str:
+    """A wall time as people read it: 1h02m03s, or 4m05s under an hour."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 def record_path(results_dir: Path, suite: str, budget: str, data_source: str, method: str,
                 teacher: str, student: str, seed: int, deploy: str = "fp32") -> Path:
     """runs/<suite>/<budget>/<data source>/<method>/<teacher>-<student>/seed<N>.json: a run

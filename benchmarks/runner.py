@@ -213,9 +213,8 @@ class Harness:
     def plan(self, methods: Sequence[str] | None, seeds: Sequence[int] | None) -> RunPlan:
         """Validate names and configs up front, so bad input fails before any training."""
         names = list(methods) if methods else [*known(METHODS), *self.budget.variants]
-        for name in names:
-            self.build_method(name)
-        for evaluator in self.evaluators:
+        built = [self.build_method(name) for name in names]
+        for evaluator in dict.fromkeys(e for m in built for e in self.evaluators_for(m)):
             evaluator_config(evaluator, lookup(EVALUATORS, evaluator), self.suite, self.budget)
         for pair in self.budget.pairs:
             lookup(MODELS, pair.teacher)
@@ -432,7 +431,7 @@ class Harness:
             # Only rank 0 measures and writes; the others take part in the gathered
             # evaluation (the same collectives in the same order) and wait for it.
             for _, out in outputs:
-                run_evaluators(self.evaluators, out.model, ctx)
+                run_evaluators(self.evaluators_for(method), out.model, ctx)
             distributed.barrier()
             return []
         records = []
@@ -516,6 +515,10 @@ class Harness:
         return model.eval(), info
 
     # ---- measurement ------------------------------------------------------------------
+    def evaluators_for(self, method: Method) -> tuple[str, ...]:
+        """The suite's and the user's evaluators, then those the method's claims need."""
+        return tuple(dict.fromkeys((*self.evaluators, *method.evaluators)))
+
     def measure(self, ctx: RunContext, method: Method, name: str, out: Compressed,
                 teacher: nn.Module, teacher_info: TeacherInfo, wall: float) -> RunRecord:
         model = out.model
@@ -524,7 +527,7 @@ class Harness:
         except ValueError as exc:
             raise ContractError(f"method {name!r} returned a model that is not deployable "
                                 f"(the harness measures what is deployed): {exc}") from exc
-        metrics, evaluated_with = run_evaluators(self.evaluators, model, ctx)
+        metrics, evaluated_with = run_evaluators(self.evaluators_for(method), model, ctx)
         if self.suite.metric not in metrics:
             raise ConfigError(f"suite {self.suite.name!r} reports metric {self.suite.metric!r} "
                               f"but its evaluators produce {', '.join(sorted(metrics))}")

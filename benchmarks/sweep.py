@@ -27,7 +27,7 @@ import submitit
 
 from benchmarks.config import BUDGETS, Pair, Resources, SuiteConfig, load_suite
 from benchmarks.errors import ConfigError, KdbenchError
-from benchmarks.results import failure_path, record_path, write_json_atomic
+from benchmarks.results import duration_text, failure_path, record_path, write_json_atomic
 
 log = logging.getLogger("kdbench")
 
@@ -56,6 +56,9 @@ class SweepJob:
     measure_latency: bool = True
     force: bool = False
     resume: bool = True
+    # Training threads (torch.set_num_threads); None: PyTorch's default. Local jobs running side
+    # by side get an equal share of the cores, so they do not oversubscribe them.
+    threads: int | None = None
 
     @property
     def label(self) -> str:
@@ -69,6 +72,10 @@ def run_job(job: SweepJob) -> list[str]:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     _export_torch_distributed_env()
+    if job.threads is not None:
+        import torch
+
+        torch.set_num_threads(job.threads)
     suite = load_suite(job.suite)
     pair = Pair(job.teacher, job.student)
     budget = suite.budget(job.budget)
@@ -224,13 +231,17 @@ def submit(jobs: list[SweepJob], records: list[Path], *, executor_kind: str, fol
         if wait:
             _collect(list(zip(jobs, handles, strict=True)))
         return sweep
-    _run_locally(executor, jobs, entries, sweep, results_dir, max(1, max_parallel))
+    max_parallel = max(1, max_parallel)
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    _run_locally(executor, [dataclasses.replace(job, threads=threads) for job in jobs], entries,
+                 sweep, results_dir, max_parallel)
     return sweep
 
 
 def _run_locally(executor: Any, jobs: list[SweepJob], entries: dict[tuple, dict[str, Any]],
                  sweep: Sweep, results_dir: Path, max_parallel: int) -> None:
     queue, running = list(jobs), []
+    started = time.perf_counter()
     try:
         while queue or running:
             while queue and len(running) < max_parallel:
@@ -245,6 +256,9 @@ def _run_locally(executor: Any, jobs: list[SweepJob], entries: dict[tuple, dict[
             _collect(finished)
             if running:
                 time.sleep(0.5)
+        log.info("%d local jobs, %d at a time (%d training threads each), in %s wall",
+                 len(jobs), max_parallel, jobs[0].threads if jobs else 0,
+                 duration_text(time.perf_counter() - started))
     except KeyboardInterrupt:
         for _, handle in running:  # stop them too; their checkpoints make them resumable
             handle.cancel(check=False)

@@ -95,6 +95,7 @@ class RobustPruneKD(Method):
     """
 
     label = "after Lee & Lee 2021"
+    evaluators = ("robust",)  # its claims are on PGD-20 robust accuracy
 
     # Abstract [S] (Lee & Lee, Applied Sciences 11(3):1093, 2021): a better robustness-vs-
     # compression trade-off than adversarial pruning; it gives no figures, so the claims carry

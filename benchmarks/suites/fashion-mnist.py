@@ -33,14 +33,16 @@ budgets = dict(
         resources=dict(gpus_per_node=0, cpus_per_task=2, mem_gb=8, timeout_min=30),
     ),
     # The budget at which the methods' effects are measurable on 2 CPU cores: 5 seeds, a pair
-    # whose teacher is clearly better than the student trained alone.
+    # whose teacher is clearly better than the student trained alone. Sized so that all
+    # methods x 5 seeds run in under 2 hours on 2 cores as two 1-thread jobs side by side:
+    #   kdbench sweep --suite fashion-mnist --budget short --executor local --max-parallel 2
     short=dict(
         pairs=[("resnet20", "resnet8")],
         train=dict(epochs=10, batch_size=64, lr=0.1, schedule="cosine",
                    cpu_channels_last=True, **_eval),
         teacher_train=dict(epochs=30, batch_size=64, lr=0.1, schedule="cosine",
                            cpu_channels_last=True, **_eval),
-        train_subset=5000,
+        train_subset=2000,
         teacher_seed=0,
         seeds=5,
         latency=dict(rounds=8, warmup=5, min_iters=3, max_iters=100, target_round_s=0.05),
@@ -54,7 +56,7 @@ budgets = dict(
             channel_selection=dict(finetune_epochs=8),
             combine_net=dict(epochs=10, calib_batches=20, val_images=2000),
             hybrid_lowrank_quant=dict(hint_epochs=3, kd_epochs=10),
-            kdas_reid=dict(search_epochs=4, search_images=1000, search_channels=8,
+            kdas_reid=dict(search_epochs=4, search_images=500, search_channels=8,
                            search_layers=3, ops=("none", "skip_connect", "avg_pool_3x3",
                                                  "max_pool_3x3", "sep_conv_3x3",
                                                  "dil_conv_3x3", "part_aware"),
@@ -63,7 +65,7 @@ budgets = dict(
             # teacher, 4x compression, the two controls its claims compare against.
             robust_prune_kd=dict(compression=4.0, lam=15.0, attack_steps=3,
                                  teacher_attack_steps=1, teacher_step_size=10 / 255,
-                                 prox_epochs=3, finetune_epochs=2, train_images=2000,
+                                 prox_epochs=3, finetune_epochs=2, train_images=1000,
                                  final_bn_batches=8,
                                  controls=("magnitude_adv_ft", "prox_no_kd")),
         ),
