@@ -88,7 +88,7 @@ from benchmarks.results import (
     write_record,
 )
 from benchmarks.run_config import config_hash, run_config, teacher_identity
-from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
+from benchmarks.teachers import TeacherCache, TeacherInfo, score_key, teacher_key
 from benchmarks.train import evaluate, fit
 
 log = logging.getLogger("kdbench")
@@ -509,7 +509,10 @@ class Harness:
                                  channels_last=recipe.channels_last_on(self.device))
             return evaluate(model, loader, self.device)
 
-        model, info = self.teachers.get(pair.teacher, key, build, train, score)
+        model, info = self.teachers.get(
+            pair.teacher, key, build, train, score,
+            score_key(self.data.fingerprint, test_split.labels, recipe.eval_batch_size,
+                      self.device))
         if info.source == "trained" and distributed.current().primary:
             shutil.rmtree(workdir, ignore_errors=True)  # the cached teacher replaces it
         return model.eval(), info

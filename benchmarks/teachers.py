@@ -4,7 +4,11 @@ Teachers are keyed by a hash of the architecture, the exact data (fingerprint, s
 source), the training recipe and the seed. A user may instead give their own checkpoint
 for an architecture; it is loaded with ``weights_only=True`` (no code from a pickle).
 Each cached teacher carries the sha256 of its weights file and its test accuracy, so a
-record can say exactly which teacher it was distilled from.
+record can say exactly which teacher it was distilled from. The test accuracy is stored
+beside the cache under a hash of the weights' sha256 and the test set's identity
+(:func:`score_key`): an evaluation of the same weights on the same images on the same kind of
+device is a deterministic function, so every later job reads it instead of paying a full
+test pass (at a 60-job sweep on 2 cores, about 10 minutes of wall time).
 
 The cache may be shared by concurrent jobs (a sweep on a shared filesystem): a file lock
 per key lets one job train a teacher while the others wait for it and then load it. Under
@@ -77,6 +81,22 @@ def teacher_key(
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def score_key(data_fingerprint: str, test_labels: torch.Tensor, eval_batch_size: int,
+              device: torch.device) -> str:
+    """What a teacher's test score depends on besides its weights: the data, the test
+    images chosen (a subset is a deterministic function of the data and its size, so its
+    labels identify it), the evaluation batch size, the device type and the torch version."""
+    spec = {
+        "data": data_fingerprint,
+        "test_images": len(test_labels),
+        "test_labels": hashlib.sha256(test_labels.cpu().numpy().tobytes()).hexdigest(),
+        "eval_batch_size": eval_batch_size,
+        "device": torch.device(device).type,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -142,15 +162,20 @@ class TeacherCache:
         build: Callable[[], nn.Module],
         train: Callable[[nn.Module], None],
         evaluate: Callable[[nn.Module], dict[str, float]],
+        score_key: str | None = None,
     ) -> tuple[nn.Module, TeacherInfo]:
-        """The teacher for ``key``: user checkpoint, else disk cache, else train and cache."""
+        """The teacher for ``key``: user checkpoint, else disk cache, else train and cache.
+
+        With ``score_key`` (see :func:`score_key`) the test score is read from the cache when
+        these weights were already evaluated on that test set, and stored after evaluating.
+        """
         if key in self._memory:
             return self._memory[key]
         if arch in self.user_checkpoints:
             path = Path(self.user_checkpoints[arch]).expanduser()
             model = build()
             load_state_dict(model, path, arch)
-            result = model, self._info(arch, path, model, evaluate, "user")
+            result = model, self._info(arch, path, model, evaluate, "user", score_key)
         else:
             path = self.dir / f"{arch}-{key[:16]}.pt"
             model = build()
@@ -164,13 +189,13 @@ class TeacherCache:
                             f"the cached teacher {path} is unreadable (a cache entry kdbench "
                             f"wrote, e.g. truncated by a full disk): delete it, and its .json "
                             f"beside it, to train the teacher again ({exc})") from exc
-                    result = model, self._info(arch, path, model, evaluate, "cache")
+                    result = model, self._info(arch, path, model, evaluate, "cache", score_key)
                 else:
                     train(model)
                     if distributed.current().primary:
                         atomic_torch_save(model.state_dict(), path)
                     distributed.barrier()  # the file exists before any rank hashes it
-                    info = self._info(arch, path, model, evaluate, "trained")
+                    info = self._info(arch, path, model, evaluate, "trained", score_key)
                     if distributed.current().primary:
                         self._write_meta(path, info)
                     result = model, info
@@ -209,16 +234,52 @@ class TeacherCache:
         finally:
             lock.release()
 
-    @staticmethod
-    def _info(arch: str, path: Path, model: nn.Module,
-              evaluate: Callable[[nn.Module], dict[str, float]], source: str) -> TeacherInfo:
-        acc = evaluate(model)
-        return TeacherInfo(arch=arch, path=str(path), sha256=sha256_file(path),
+    def _info(self, arch: str, path: Path, model: nn.Module,
+              evaluate: Callable[[nn.Module], dict[str, float]], source: str,
+              score_key: str | None) -> TeacherInfo:
+        sha = sha256_file(path)
+        acc = self._stored_score(sha, score_key)
+        if acc is None:
+            acc = evaluate(model)
+            if score_key is not None and distributed.current().primary:
+                self._store_score(sha, score_key, acc)
+        return TeacherInfo(arch=arch, path=str(path), sha256=sha,
                            top1=acc["top1"], top5=acc["top5"], source=source)
+
+    def _score_file(self, sha: str, score_key: str) -> Path:
+        name = hashlib.sha256(f"{sha}:{score_key}".encode()).hexdigest()[:32]
+        return self.dir / "scores" / f"{name}.json"
+
+    def _stored_score(self, sha: str, score_key: str | None) -> dict[str, float] | None:
+        if score_key is None:
+            return None
+        file = self._score_file(sha, score_key)
+        # Every rank reads the score or every rank evaluates: evaluation may be collective.
+        if not distributed.broadcast_flag(file.is_file()):
+            return None
+        try:
+            stored = json.loads(file.read_text())
+            acc = {"top1": float(stored["top1"]), "top5": float(stored["top5"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"the stored teacher score {file} is unreadable (a cache entry kdbench wrote): "
+                f"delete it to evaluate the teacher again ({exc})") from exc
+        log.info("teacher %s: test score read from %s (these weights on this test set)",
+                 sha[:12], file)
+        return acc
+
+    def _store_score(self, sha: str, score_key: str, acc: dict[str, float]) -> None:
+        file = self._score_file(sha, score_key)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"sha256": sha, "score_key": score_key, "top1": acc["top1"],
+                       "top5": acc["top5"]}, f)
+        os.replace(tmp, file)
 
     @staticmethod
     def _write_meta(path: Path, info: TeacherInfo) -> None:
-        # For people browsing the cache; the harness re-evaluates on every load.
+        # For people browsing the cache; the harness reads the score from ``scores/``.
         meta = path.with_suffix(".json")
         tmp = meta.with_name(meta.name + ".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2))

@@ -222,6 +222,7 @@ class RobustPruneKD(Method):
                            {"prox_sparsity": prox_zeros, "prox_target_sparsity": target,
                             "prox_capped_steps": prox.stats["capped"],
                             "prox_steps": prox.stats["steps"],
+                            "prox_floored_steps": prox.stats["floored"],
                             "phase_epochs": [cfg.prox_epochs, cfg.finetune_epochs],
                             **({"group_widths": widths} if widths else {})}, about)
 
@@ -271,12 +272,13 @@ class RobustPruneKD(Method):
         compression: where the schedule is longer than the one λ was set for, λ is lowered
         on the steps that would overshoot instead of zeroing every channel. The cap depends
         only on the current weights, so a resumed run takes the same steps. A λ whose first
-        step alone would zero every channel of a layer raises ``PruningCollapseError``.
-        ``hook.stats`` counts the steps and the capped ones.
+        step alone would zero every channel of a layer raises ``PruningCollapseError``; on
+        later steps each layer's threshold stops below its strongest channel, so no layer is
+        emptied. ``hook.stats`` counts the steps, the capped ones and the floored ones.
         """
         layers = prunable_layers(student)
         names = {m: n for n, m in student.named_modules()}
-        stats = {"steps": 0, "capped": 0}
+        stats = {"steps": 0, "capped": 0, "floored": 0}
 
         def hook(state: FitState) -> None:
             stats["steps"] += 1
@@ -294,10 +296,18 @@ class RobustPruneKD(Method):
                                           threshold, max_zeros)
                 stats["capped"] += int(capped < threshold)
                 threshold = capped
+            # One λ for all layers can empty a whole layer (its channels all weaker than
+            # the others') although the total stays within the target: each layer's
+            # threshold stops just below its strongest channel (or weight), so every layer
+            # keeps one and the hard cut, not the prox, decides the final widths.
+            floors = [min(threshold, float(u.max()) * (1 - 1e-6)) for _, u in units]
+            stats["floored"] += int(any(f < threshold for f in floors))
             if self.cfg.sparsity == "filter":
-                prox_group_(groups, threshold)
+                for group, floor in zip(groups, floors, strict=True):
+                    prox_group_([group], floor)
             else:
-                prox_l1_([m.weight for m in layers], threshold)
+                for layer, floor in zip(layers, floors, strict=True):
+                    prox_l1_([layer.weight], floor)
 
         hook.stats = stats  # type: ignore[attr-defined]
         return hook

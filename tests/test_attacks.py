@@ -164,3 +164,17 @@ def test_unknown_evaluator_fails_before_any_run(make_harness):
 
     with pytest.raises(UnknownNameError, match=r"unknown evaluator 'robustness'.*robust"):
         make_harness(evaluators=["robustness"]).plan(["teacher"], [0])
+
+
+def test_a_method_brings_the_evaluators_its_claims_need(make_harness):
+    # robust_prune_kd's claims are about robust accuracy: its records carry robust_top1
+    # without --evaluators robust, and asking for it too does not run it twice.
+    harness = make_harness(measure_latency=False)
+    suites = harness.evaluators  # the suite's own (classification)
+    robust_kd, kd = harness.build_method("robust_prune_kd"), harness.build_method("kd")
+    assert "robust" not in suites
+    assert harness.evaluators_for(robust_kd) == (*suites, "robust")
+    assert harness.evaluators_for(kd) == suites
+    asked = make_harness(evaluators=["robust"], measure_latency=False)
+    assert asked.evaluators_for(asked.build_method("robust_prune_kd")).count("robust") == 1
+    assert "robust" in asked.evaluators_for(asked.build_method("kd"))

@@ -29,6 +29,21 @@ def test_shipped_suites_load_with_all_budgets_and_registered_models(name):
             assert {pair.teacher, pair.student} <= models
 
 
+@pytest.mark.parametrize("name", known_suites())
+def test_combine_nets_held_out_images_fit_every_training_subset(name):
+    # A fashion-mnist short sweep once lost all five combine_net seeds to val_images=2000
+    # of a 2,000-image training subset: the holdout must leave images to calibrate on.
+    from benchmarks.registry import METHODS, lookup
+
+    suite, cls = load_suite(name), lookup(METHODS, "combine_net")
+    for budget in suite.budgets.values():
+        if budget.train_subset is None:
+            continue
+        cfg = cls.make_config(budget.name, suite.methods.get("combine_net"),
+                              budget.methods.get("combine_net"), None, None, name="combine_net")
+        assert 0 < cfg.val_images < budget.train_subset, (budget.name, cfg.val_images)
+
+
 def test_full_budget_is_the_papers_protocol():
     full = load_suite("cifar100").budget("full").train
     assert (full.epochs, full.lr, full.batch_size, full.weight_decay) == (240, 0.05, 64, 5e-4)

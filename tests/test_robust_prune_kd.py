@@ -393,6 +393,35 @@ def test_a_longer_schedule_with_the_same_lambda_stops_at_the_target(make_context
     assert deployment_problems(out.model) == []
 
 
+@pytest.mark.parametrize("sparsity", ["filter", "unstructured"])
+def test_the_prox_never_empties_a_layer_whose_channels_are_all_weak(sparsity):
+    # A fashion-mnist short seed lost its run when one λ for all layers zeroed every channel
+    # of layer2.0.conv1 late in the prox phase: each layer keeps its strongest channel.
+    from types import SimpleNamespace
+
+    m = method(sparsity=sparsity)
+    student = resnet8()
+    groups = m.groups(student, X) if sparsity == "filter" else []
+    weak = student.layer2[0].conv1
+    with torch.no_grad():
+        if sparsity == "filter":  # its channels (filters and BN) weak, of distinct strengths
+            weak_group = next(g for g in groups if g.layers[0] is weak)
+            scale = 1e-3 * torch.linspace(0.5, 1.0, weak_group.channels)
+            for t in weak_group.channel_tensors():
+                t.mul_(scale.view(-1, *([1] * (t.dim() - 1))))
+        else:
+            weak.weight.mul_(1e-4)
+    lam = 0.05 if sparsity == "filter" else 1e-3  # above the weak layer, below the others
+    hook = m.prox_hook(student, groups, lam)
+    hook(SimpleNamespace(step=2, optimizer=SimpleNamespace(param_groups=[{"lr": 1.0}])))
+    if sparsity == "filter":
+        assert int((weak_group.squared_norms() > 0).sum()) == 1
+        assert all(bool((g.squared_norms() > 0).any()) for g in groups)
+    else:
+        assert int((weak.weight != 0).sum()) == 1
+    assert hook.stats["floored"] == 1
+
+
 def test_a_huge_lambda_raises_a_collapse_error_naming_the_layer(make_context):
     from methods.robust_prune_kd import PruningCollapseError
 

@@ -172,3 +172,23 @@ def test_two_jobs_needing_one_teacher_train_it_once(tmp_path):
     assert sorted(i["source"] for i in infos) == ["cache", "trained"]
     assert infos[0]["sha256"] == infos[1]["sha256"]
     assert any("being trained by another job; waiting" in err for _, err in outs)
+
+
+def test_local_jobs_side_by_side_share_the_cores(tmp_path, monkeypatch):
+    # Two jobs at the default thread count would each start one thread per core and
+    # oversubscribe them; each gets cpu_count // max_parallel training threads instead.
+    from benchmarks import sweep as sweep_module
+    from benchmarks.config import Resources
+    from benchmarks.sweep import SweepJob, submit
+
+    seen: dict[str, list[SweepJob]] = {}
+    monkeypatch.setattr(sweep_module, "_run_locally",
+                        lambda executor, jobs, *rest: seen.update(jobs=jobs))
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 8)
+    jobs = [SweepJob("tiny", "smoke", "scratch", "resnet8", "resnet8", seed, str(tmp_path),
+                     str(tmp_path / "cache")) for seed in (0, 1, 2)]
+    submit(jobs, [tmp_path / f"{j.seed}.json" for j in jobs], executor_kind="local",
+           folder=tmp_path / "jobs", resources=Resources(), suite="tiny", budget="smoke",
+           results_dir=tmp_path, max_parallel=3)
+    assert [job.threads for job in seen["jobs"]] == [2, 2, 2]
+    assert all(job.threads is None for job in jobs)  # the caller's jobs are left as they were

@@ -8,7 +8,13 @@ import torch
 from benchmarks.config import TrainRecipe
 from benchmarks.errors import ConfigError
 from benchmarks.registry import build_model
-from benchmarks.teachers import TeacherCache, atomic_torch_save, sha256_file, teacher_key
+from benchmarks.teachers import (
+    TeacherCache,
+    atomic_torch_save,
+    score_key,
+    sha256_file,
+    teacher_key,
+)
 
 
 def key(**changes):
@@ -96,3 +102,45 @@ def test_pickled_code_is_refused(tmp_path):
     _, get = _cache_calls(tmp_path)
     with pytest.raises(ConfigError, match="weights_only=True"):
         get(TeacherCache(tmp_path, {"resnet8": str(path)}))
+
+
+_LABELS = torch.arange(10) % 10
+
+
+def _scored_get(cache, evaluations, labels=_LABELS, top1=12.5):
+    def score(model):
+        evaluations.append(1)
+        return {"top1": top1, "top5": 40.0}
+
+    return cache.get("resnet8", key(), lambda: build_model("resnet8", 10), lambda m: None, score,
+                     score_key("abc", labels, 256, torch.device("cpu")))
+
+
+def test_a_teacher_is_evaluated_once_per_weights_and_test_set(tmp_path):
+    evaluations = []
+    _, first = _scored_get(TeacherCache(tmp_path), evaluations)
+    _, again = _scored_get(TeacherCache(tmp_path), evaluations, top1=99.0)  # a new process
+    assert len(evaluations) == 1 and again.top1 == first.top1 == 12.5
+    # Another test set (other labels) is evaluated, not read.
+    _, other = _scored_get(TeacherCache(tmp_path), evaluations, labels=torch.zeros(10), top1=7.0)
+    assert len(evaluations) == 2 and other.top1 == 7.0
+
+
+def test_the_score_key_changes_with_what_the_score_depends_on():
+    labels = torch.arange(100) % 10
+    base = score_key("abc", labels, 256, torch.device("cpu"))
+    assert base == score_key("abc", labels.clone(), 256, torch.device("cpu"))
+    for changed in (score_key("abd", labels, 256, torch.device("cpu")),
+                    score_key("abc", labels[:50], 256, torch.device("cpu")),
+                    score_key("abc", labels.flip(0), 256, torch.device("cpu")),
+                    score_key("abc", labels, 128, torch.device("cpu")),
+                    score_key("abc", labels, 256, torch.device("meta"))):
+        assert changed != base
+
+
+def test_a_corrupt_stored_score_is_named(tmp_path):
+    _scored_get(TeacherCache(tmp_path), [])
+    (stored,) = (tmp_path / "teachers" / "scores").glob("*.json")
+    stored.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"stored teacher score .* unreadable"):
+        _scored_get(TeacherCache(tmp_path), [])

@@ -54,7 +54,7 @@ budgets = dict(
             progressive_block_kd=dict(block_epochs=3, block_lr=0.05, finetune_epochs=5,
                                       finetune_lr=0.01),
             channel_selection=dict(finetune_epochs=8),
-            combine_net=dict(epochs=10, calib_batches=20, val_images=2000),
+            combine_net=dict(epochs=10, calib_batches=20, val_images=500),
             hybrid_lowrank_quant=dict(hint_epochs=3, kd_epochs=10),
             kdas_reid=dict(search_epochs=4, search_images=500, search_channels=8,
                            search_layers=3, ops=("none", "skip_connect", "avg_pool_3x3",

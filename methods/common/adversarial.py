@@ -19,7 +19,7 @@ from torch import nn
 from benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
 from benchmarks.data import Batch
 from benchmarks.method import FrozenTeacher, RunContext, make_loader
-from benchmarks.teachers import TeacherCache, TeacherInfo, teacher_key
+from benchmarks.teachers import TeacherCache, TeacherInfo, score_key, teacher_key
 from benchmarks.train import LossFn, evaluate, fit
 from methods.common.losses import kd_kl
 
@@ -113,5 +113,7 @@ def adversarial_teacher(ctx: RunContext, attack: PGDConfig) -> tuple[FrozenTeach
     devices = ([ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]
                if ctx.device.type == "cuda" else [])
     with torch.random.fork_rng(devices=devices):
-        model, info = cache.get(arch, adversarial_teacher_key(ctx, attack), build, train, score)
+        model, info = cache.get(arch, adversarial_teacher_key(ctx, attack), build, train, score,
+                                score_key(ctx.data.fingerprint, ctx.test_split.labels,
+                                          recipe.eval_batch_size, ctx.device))
     return FrozenTeacher(model).to(ctx.device), info
