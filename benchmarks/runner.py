@@ -70,6 +70,7 @@ from benchmarks.measure import (
     inspect_model,
 )
 from benchmarks.method import Compressed, Method, RunContext, config_dict, make_loader
+from benchmarks.provenance import code_fingerprint
 from benchmarks.registry import (
     DATASETS,
     EVALUATORS,
@@ -137,6 +138,20 @@ class RunPlan:
     def total(self) -> int:
         return len(self.methods) * len(self.pairs) * len(self.seeds)
 
+
+
+def discard_other_codes_checkpoints(workdir: Path, fingerprint: str) -> None:
+    """Empty ``workdir`` when its checkpoints were written by other code: resuming them
+    would continue a run under rules it did not start with (e.g. a fixed prox step)."""
+    stamp = workdir / "code_fingerprint"
+    written_by = stamp.read_text().strip() if stamp.is_file() else None
+    if written_by != fingerprint and any(workdir.rglob("*.ckpt")):
+        log.warning("  %s holds checkpoints written by other code (%s, now %s); they are "
+                    "not resumed: the run starts over", workdir, written_by or "unknown",
+                    fingerprint)
+        for ckpt in workdir.rglob("*.ckpt"):
+            ckpt.unlink()
+    stamp.write_text(fingerprint)
 
 class Harness:
     """Runs (method x pair x seed) for one suite and budget."""
@@ -366,7 +381,7 @@ class Harness:
 
     def _workdir(self, method: Method, pair: Pair, seed: int, teacher_info: TeacherInfo) -> Path:
         """The run's checkpoint folder, keyed by its configuration hash: a killed run is
-        resumed only by a run of the same configuration."""
+        resumed only by a run of the same configuration and the same code."""
         cfg_hash = self.config_hash(config_dict(method.cfg), pair.teacher, teacher_info.sha256,
                                     "fp32")
         run_key = (f"{self.suite.name}/{self.budget.name}/{method.name}/{pair.label}/"
@@ -383,6 +398,7 @@ class Harness:
                                   "they are not resumed: delete the folder or pass --no-resume")
             workdir.mkdir(parents=True, exist_ok=True)
             stamp.write_text(cfg_hash)
+            discard_other_codes_checkpoints(workdir, code_fingerprint(type(method).__module__))
         distributed.barrier()
         return workdir
 
@@ -494,8 +510,11 @@ class Harness:
         def train(model: nn.Module) -> None:
             log.info("training teacher %s (seed %d); it is cached for later runs",
                      pair.teacher, seed)
-            if not self.resume and distributed.current().primary:
-                shutil.rmtree(workdir, ignore_errors=True)
+            if distributed.current().primary:
+                if not self.resume:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                workdir.mkdir(parents=True, exist_ok=True)
+                discard_other_codes_checkpoints(workdir, code_fingerprint(__name__))
             loader = make_loader(self.data, train_split, train=True, seed=seed,
                                  batch_size=recipe.batch_size, device=self.device,
                                  channels_last=recipe.channels_last_on(self.device))

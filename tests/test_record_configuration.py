@@ -156,6 +156,45 @@ def test_checkpoints_are_keyed_by_configuration(tiny, tmp_path):
         harness._workdir(method, pair, 0, info)
 
 
+
+def test_checkpoints_written_by_other_code_are_not_resumed(tiny, tmp_path):
+    """A killed run resumed after a code change would continue under rules it did not start
+    with (a fashion-mnist seed resumed a prox phase written before its layer floor)."""
+    from benchmarks.config import load_suite
+    from benchmarks.runner import Harness
+
+    harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "r",
+                      cache_dir=tmp_path / "cache", measure_latency=False, progress=False)
+    method = harness.build_method("kd")
+    pair = harness.budget.pairs[0]
+    _, info = harness.teacher(pair, 0)
+    work = harness._workdir(method, pair, 0, info)
+    (work / "fit.ckpt").write_bytes(b"same code")
+    assert harness._workdir(method, pair, 0, info) == work
+    assert (work / "fit.ckpt").is_file()  # the same code resumes it
+    (work / "code_fingerprint").write_text("0" * 16)  # as if written before an edit
+    harness._workdir(method, pair, 0, info)
+    assert not (work / "fit.ckpt").exists()
+
+
+def test_the_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import provenance
+
+    package = tmp_path / "someplugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text("STEP = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("someplugin.method")
+    before = provenance.code_fingerprint("someplugin.method")
+    (package / "method.py").write_text("STEP = 2\n")
+    provenance._folder_digest.cache_clear()
+    assert provenance.code_fingerprint("someplugin.method") != before
+    for name in ("someplugin.method", "someplugin"):
+        sys.modules.pop(name)
+
 def test_one_failed_run_does_not_stop_the_others(tiny, tmp_path, monkeypatch, capsys):
     def diverge(self, ctx):
         raise TrainingError("loss became nan at epoch 1, step 3")
