@@ -7,12 +7,15 @@ cached under its own key), distilled from its frozen, unpruned self: on attacked
 standard teacher's soft labels are mostly its own mistakes. Each step trains on PGD
 examples crafted against the student, then applies the prox of ηλΩ with the step's current
 learning rate η: soft-thresholding (Ω = ‖w‖₁, unstructured) or group soft-thresholding over
-channels (Ω = Σ_g ‖w_g‖₂, structured), its threshold capped so that it never leaves more
-zeros than the target compression removes. Then a hard threshold to the target
-compression, and an adversarial KD fine-tune with the zero pattern frozen; structured mode
-removes the zero channels physically first. A prox phase that empties a layer, or a result
-at chance where the unpruned network is not, is an error (``PruningCollapseError``), never
-a board row.
+channels (Ω = Σ_g √|g|·‖w_g‖₂, structured, the group lasso of Yuan & Lin 2006), its
+threshold capped so that it never leaves more zeros than the target compression removes.
+By default λ is calibrated to the schedule: the prox phase's thresholds add up to the
+magnitude at the hard cut, so the channels the cut removes fade out over the whole phase
+instead of being zeroed, and every survivor shrunk, on the first steps. Then a hard
+threshold to the target compression, and an adversarial KD fine-tune with the zero pattern
+frozen; structured mode removes the zero channels physically first. A prox phase that
+empties a layer, or a result at chance where the unpruned network is not, is an error
+(``PruningCollapseError``), never a board row.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from benchmarks.errors import TrainingError
 from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
 from benchmarks.registry import METHODS
 from benchmarks.teachers import TeacherInfo
-from benchmarks.train import FitState
+from benchmarks.train import FitState, lr_at
 from methods.common.adversarial import (
     AdversarialForward,
     adversarial_kd_loss,
@@ -43,6 +46,7 @@ from methods.common.adversarial import (
 from methods.common.bn import recalibrate_bn
 from methods.common.proximal import (
     capped_threshold,
+    group_scale,
     group_sparsity,
     l1_sparsity,
     prox_group_,
@@ -75,9 +79,14 @@ class RobustPruneKD(Method):
     ``compression`` is the target: unstructured keeps 1/c of the prunable weights (every
     conv/linear but the classifier); structured keeps ⌈N/√c⌉ of the N prunable channels
     (ranked by RMS group norm, at least one per group), since a conv's weights shrink
-    with the product of its kept input and output channels. The prox uses
-    λ·log2(compression), so one ``lam`` serves every point of the 2/4/8/16× sweep (the
-    suite's variants ``robust_prune_kd_x2`` ... ``_x8``, which set only ``compression``).
+    with the product of its kept input and output channels. The structured prox thresholds
+    the same RMS norms (each group's threshold scaled by √ its size), so the prox and the
+    cut rank channels alike. ``lam=None`` (default) calibrates λ to the schedule and the
+    target: λ = s_cut / Σ_t η_t, where s_cut is the RMS norm (or |w|) at the hard cut in the
+    network being compressed and η_t are the prox phase's learning rates, so one setting
+    serves every budget and every point of the 2/4/8/16× sweep (the suite's variants
+    ``robust_prune_kd_x2`` ... ``_x8``, which set only ``compression``). A number fixes
+    λ per halving of the weights instead: the prox uses λ·log2(compression).
     Each prox step's threshold is capped so that it leaves at most as many zeros (channels,
     or weights when unstructured) as the hard cut removes: a λ too strong for a long
     schedule stops at the requested compression instead of zeroing every channel.
@@ -112,11 +121,12 @@ class RobustPruneKD(Method):
     @dataclass(frozen=True)
     class Config:
         # "filter": group lasso, channels removed | "unstructured": ℓ1
-        sparsity: Literal["filter", "unstructured"] = "filter"
+        sparsity: Literal["filter", "bn_filter", "unstructured"] = "filter"
         # Ye et al.'s example: 93.75 % of the weights pruned
         compression: Annotated[float, Gt(1)] = 16.0
-        # λ per halving [R]: the prox uses lam·log2(compression)
-        lam: Annotated[float, Ge(0)] = 1e-3
+        # None: calibrated to the schedule and the target (see the class docstring) [R];
+        # a number: λ per halving [R], the prox uses lam·log2(compression)
+        lam: Annotated[float, Ge(0)] | None = None
         controls: tuple[Control, ...] = CONTROLS
         # magnitude_adv_ft's cut, structured: "matched" keeps per channel group the method's
         # own widths (same params and MACs); "global": the top ⌈N/√c⌉ RMS norms over all groups
@@ -153,7 +163,7 @@ class RobustPruneKD(Method):
     # (FGSM-RS, Wong et al. 2020): about 1.5x the standard teacher's time instead of 11x for
     # PGD-10, paid once per cache (a few CPU minutes on the smoke budget).
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {
-        "compression": 2.0, "lam": 15.0, "controls": (), "attack_steps": 3,
+        "compression": 2.0, "controls": (), "attack_steps": 3,
         "prox_epochs": 1, "finetune_epochs": 1, "lr": 0.01, "train_images": 256,
         "final_bn_batches": 4, "teacher_attack_steps": 1, "teacher_step_size": 10 / 255,
     }}
@@ -202,11 +212,11 @@ class RobustPruneKD(Method):
         describes it for the record.
         """
         cfg = self.cfg
-        lam = self.effective_lam
         student = self.student_from(teacher)
         example = ctx.example_input()
         groups = self.groups(student, example)
         max_zeros, target = self.max_zeros(student, groups)
+        lam = self.prox_lam(ctx, student, groups, max_zeros)
         loss = adversarial_kd_loss(teacher, alpha, cfg.temperature)
         prox = self.prox_hook(student, groups, lam, max_zeros, name)
         self.adversarial_fit(ctx, student, loss, f"{name}-prox", cfg.prox_epochs,
@@ -246,9 +256,45 @@ class RobustPruneKD(Method):
         return self.result(student, 0.0, 0.0, extras, about)
 
     @property
-    def effective_lam(self) -> float:
-        """The prox's λ: ``lam`` per halving of the weights, λ·log2(compression)."""
+    def effective_lam(self) -> float | None:
+        """An explicit ``lam`` per halving of the weights, λ·log2(compression); None when λ
+        is calibrated (``prox_lam``)."""
+        if self.cfg.lam is None:
+            return None
         return self.cfg.lam * math.log2(self.cfg.compression)
+
+    def prox_lam(self, ctx: RunContext, student: nn.Module, groups: list[ChannelGroup],
+                 max_zeros: int) -> float:
+        """The prox's λ: ``effective_lam``, or calibrated to this run's prox phase.
+
+        Calibrated: s_cut / Σ_t η_t, with s_cut the magnitude of the (max_zeros)-th weakest
+        channel (RMS norm) or weight of the network about to be compressed, and η_t the
+        learning rate of every step of the prox phase. Without gradients the phase would
+        then zero exactly what the hard cut removes, at its end; the loss keeps what it
+        needs, so the channels the cut will remove fade out while the others adapt.
+        """
+        if self.effective_lam is not None:
+            return self.effective_lam
+        scores = torch.cat([u.flatten() for _, u in self.magnitudes(student, groups)])
+        if max_zeros <= 0 or scores.numel() == 0:
+            return 0.0
+        cut = float(scores.kthvalue(min(max_zeros, scores.numel())).values)
+        recipe = ctx.recipe.replace(epochs=self.cfg.prox_epochs, lr=self.cfg.lr,
+                                    schedule=self.cfg.schedule, warmup_epochs=0)
+        steps_per_epoch = len(self.loader(ctx))
+        lr_sum = steps_per_epoch * sum(lr_at(e, recipe) for e in range(recipe.epochs))
+        return cut / lr_sum if lr_sum > 0 else 0.0
+
+    def magnitudes(self, student: nn.Module, groups: list[ChannelGroup],
+                   ) -> list[tuple[str, torch.Tensor]]:
+        """(layer name, what the prox thresholds) per channel group (RMS norm of each
+        channel) or per prunable layer (|w|, unstructured)."""
+        names = {m: n for n, m in student.named_modules()}
+        if self.cfg.sparsity == "filter":
+            return [(names[g.layers[0]], g.squared_norms().sqrt()) for g in groups]
+        if self.cfg.sparsity == "bn_filter":
+            return [(names[g.layers[0]], g.norm_rms()) for g in groups]
+        return [(names[m], m.weight.detach().abs()) for m in prunable_layers(student)]
 
     # ---- pieces -----------------------------------------------------------------------
     @staticmethod
@@ -257,14 +303,15 @@ class RobustPruneKD(Method):
         return copy.deepcopy(teacher.model).requires_grad_(True).train()
 
     def groups(self, student: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
-        if self.cfg.sparsity != "filter":
+        if self.cfg.sparsity == "unstructured":
             return []
         return channel_groups(student, example, exclude=[classifier_of(student)])
 
     def prox_hook(self, student: nn.Module, groups: list[ChannelGroup], lam: float,
                   max_zeros: int | None = None,
                   name: str = "main") -> Callable[[FitState], None]:
-        """After each optimiser step: prox of η·λ·Ω with the step's current η.
+        """After each optimiser step: prox of η·λ·Ω with the step's current η (structured:
+        each channel's threshold is η·λ on its RMS norm, η·λ·√size on its norm).
 
         With ``max_zeros`` (what the hard cut removes: channels, or weights when
         unstructured), each step's threshold is capped just below the (max_zeros + 1)-th
@@ -277,7 +324,6 @@ class RobustPruneKD(Method):
         emptied. ``hook.stats`` counts the steps, the capped ones and the floored ones.
         """
         layers = prunable_layers(student)
-        names = {m: n for n, m in student.named_modules()}
         stats = {"steps": 0, "capped": 0, "floored": 0}
 
         def hook(state: FitState) -> None:
@@ -285,11 +331,10 @@ class RobustPruneKD(Method):
             threshold = state.optimizer.param_groups[0]["lr"] * lam
             if threshold <= 0:
                 return
-            if self.cfg.sparsity == "filter":
-                units = [(names[g.layers[0]], g.squared_norms().sqrt()) for g in groups]
-            else:
-                units = [(names[m], m.weight.detach().abs()) for m in layers]
-            if state.step == 1:  # the trained network: a λ that empties a layer at once
+            units = self.magnitudes(student, groups)
+            if state.step == 1 and self.cfg.lam is not None:
+                # A fixed λ that empties a layer of the trained network at once is a mistake;
+                # a calibrated one never exceeds the cut, and the floor below keeps a channel.
                 self.refuse_layer_wipe(units, threshold, lam, name)
             if max_zeros is not None:
                 capped = capped_threshold(torch.cat([u.flatten() for _, u in units]),
@@ -305,6 +350,9 @@ class RobustPruneKD(Method):
             if self.cfg.sparsity == "filter":
                 for group, floor in zip(groups, floors, strict=True):
                     prox_group_([group], floor)
+            elif self.cfg.sparsity == "bn_filter":
+                for group, floor in zip(groups, floors, strict=True):
+                    prox_norm_affine_(group, floor)
             else:
                 for layer, floor in zip(layers, floors, strict=True):
                     prox_l1_([layer.weight], floor)
@@ -318,14 +366,19 @@ class RobustPruneKD(Method):
         for layer, magnitudes in units:
             largest = float(magnitudes.max())
             if largest <= threshold:
-                unit = "channel norm" if self.cfg.sparsity == "filter" else "|weight|"
+                unit = "|weight|" if self.cfg.sparsity == "unstructured" else "RMS channel norm"
                 raise PruningCollapseError(
-                    f"{self.name or 'robust_prune_kd'} ({name}): λ = {lam:g} (lam "
-                    f"{self.cfg.lam:g} × log2 {self.cfg.compression:g}) is so strong that the "
+                    f"{self.name or 'robust_prune_kd'} ({name}): λ = {lam:g} "
+                    f"({self.lam_origin()}) is so strong that the "
                     f"first prox step (threshold lr × λ = {threshold:g}) zeroes every "
-                    f"{'channel' if self.cfg.sparsity == 'filter' else 'weight'} of layer "
+                    f"{'weight' if self.cfg.sparsity == 'unstructured' else 'channel'} of layer "
                     f"{layer!r} (its largest {unit} is {largest:.3g}), so the network would be "
                     f"at chance. {self.remedy()}")
+
+    @property
+    def structured(self) -> bool:
+        """Whole channels are pruned (and removed physically)."""
+        return self.cfg.sparsity != "unstructured"
 
     def kept_channels(self, groups: list[ChannelGroup]) -> int:
         """Structured: ⌈N/√c⌉ of the N prunable channels are kept by the hard cut."""
@@ -333,7 +386,7 @@ class RobustPruneKD(Method):
 
     def max_zeros(self, student: nn.Module, groups: list[ChannelGroup]) -> tuple[int, float]:
         """How many channels (or weights) the hard cut removes, and that as a fraction."""
-        if self.cfg.sparsity == "filter":
+        if self.structured:
             total = sum(g.channels for g in groups)
             zeros = total - self.kept_channels(groups)
         else:
@@ -345,7 +398,7 @@ class RobustPruneKD(Method):
                              lam: float, zeros: float, target: float) -> None:
         """Raise ``PruningCollapseError`` naming the layers the prox phase left all zero."""
         names = {m: n for n, m in student.named_modules()}
-        if self.cfg.sparsity == "filter":
+        if self.structured:
             empty = [(names[g.layers[0]], g.channels) for g in groups
                      if bool((g.squared_norms() == 0).all())]
             unit = "channels"
@@ -361,7 +414,7 @@ class RobustPruneKD(Method):
         raise PruningCollapseError(
             f"{self.name or 'robust_prune_kd'} ({name}): the prox phase zeroed all {size} "
             f"{unit} of layer {layer!r}{more}, so the network is at chance; λ = {lam:g} "
-            f"(lam {self.cfg.lam:g} × log2 {self.cfg.compression:g}) with lr "
+            f"({self.lam_origin()}) with lr "
             f"{self.cfg.lr:g} over {self.cfg.prox_epochs} prox epochs left {zeros:.0%} zero "
             f"(target {target:.0%}). {self.remedy()}")
 
@@ -385,19 +438,27 @@ class RobustPruneKD(Method):
             f"{self.name or 'robust_prune_kd'} ({name}): the pruned network is at chance "
             f"({acc:.1f}% top-1 on {len(images)} held-out training images; chance "
             f"{100 * p:.1f}%, the unpruned network {base:.1f}%); its narrowest layer is "
-            f"{narrowest_layer(student)}. λ = {lam:g} (lam {self.cfg.lam:g} × log2 "
-            f"{self.cfg.compression:g}) left {zeros:.0%} zero after the prox phase (target "
+            f"{narrowest_layer(student)}. λ = {lam:g} ({self.lam_origin()}) "
+            f"left {zeros:.0%} zero after the prox phase (target "
             f"{target:.0%}). {self.remedy()}")
+
+    def lam_origin(self) -> str:
+        """Where the prox's λ came from, for messages."""
+        if self.cfg.lam is None:
+            return "calibrated to the prox phase's schedule and the target"
+        return f"lam {self.cfg.lam:g} × log2 {self.cfg.compression:g}"
 
     def remedy(self) -> str:
         method = self.name or "robust_prune_kd"
-        return (f"Lower the sparsity strength (e.g. --set {method}.lam={self.cfg.lam / 10:g}) "
+        weaker = (f"{method}.lam={self.cfg.lam / 10:g}" if self.cfg.lam is not None
+                  else f"{method}.lam=<λ per halving>")
+        return (f"Lower the sparsity strength (e.g. --set {weaker}) "
                 f"or the prox phase's length ({method}.prox_epochs), or ask for less "
                 f"compression ({method}.compression).")
 
     def sparsity(self, student: nn.Module, groups: list[ChannelGroup]) -> float:
         """Zero channels (structured) or zero weights (unstructured), as a fraction."""
-        if self.cfg.sparsity == "filter":
+        if self.structured:
             return group_sparsity(groups)
         return l1_sparsity(m.weight for m in prunable_layers(student))
 
@@ -413,9 +474,12 @@ class RobustPruneKD(Method):
         every step (momentum and weight decay would revive zeros otherwise).
         """
         compression = self.cfg.compression
-        if self.cfg.sparsity == "filter":
+        if self.structured:
             if widths is None:
-                zero_weakest_channels(groups, self.kept_channels(groups))
+                # The prox's own measure, so the cut removes first what the prox zeroed.
+                score = GroupScore.norm_rms if self.cfg.sparsity == "bn_filter" \
+                    else GroupScore.norm
+                zero_weakest_channels(groups, self.kept_channels(groups), score)
             else:
                 zero_weakest_per_group(groups, widths)
             kept = {g.name: int((g.squared_norms() > 0).sum()) for g in groups}
@@ -453,7 +517,8 @@ class RobustPruneKD(Method):
         about = about or {"kind": "standard"}
         return Compressed(model=student.eval(), notes=notes, extras={
             **extras, "sparsity_mode": cfg.sparsity, "target_compression": cfg.compression,
-            "effective_lam": lam, "alpha": alpha, "final_weight_sparsity": l1_sparsity(prunable),
+            "effective_lam": lam, "lam_calibrated": cfg.lam is None, "alpha": alpha,
+            "final_weight_sparsity": l1_sparsity(prunable),
             "base_model": f"{about['kind']} teacher",
             "teacher_adversarially_trained": about["kind"] == "adversarial", "kd_teacher": about,
             "train_attack": {"eps": cfg.eps, "step_size": cfg.step_size,
@@ -481,14 +546,35 @@ def narrowest_layer(model: nn.Module) -> str:
     return min(found)[2] if found else "none"
 
 
-@torch.no_grad()
-def zero_weakest_channels(groups: list[ChannelGroup], keep: int) -> None:
-    """Zero all but the ``keep`` channels with the largest RMS group norm (≥ 1 per group).
+class GroupScore:
+    """How the hard cut ranks channels: the L2 norm of the whole group, its RMS (norm / √size),
+    or the RMS of its normalisation scales and shifts only."""
 
-    RMS (norm / √size) makes groups of different sizes comparable.
-    """
-    scores = [g.squared_norms().div(sum(t[0].numel() for t in g.channel_tensors())).sqrt()
-              for g in groups]
+    norm = staticmethod(lambda g: g.squared_norms().sqrt())
+    rms = staticmethod(lambda g: g.rms())
+    norm_rms = staticmethod(lambda g: g.norm_rms())
+
+
+@torch.no_grad()
+def prox_norm_affine_(group: ChannelGroup, threshold: float) -> None:
+    """Group soft-threshold of each channel's normalisation scales and shifts (RMS units);
+    a channel whose scales and shifts reach zero outputs zero, so its filters are zeroed
+    too and the channel can be removed without changing the network."""
+    scale = group_scale(group.norm_rms(), threshold)
+    for t in group.norm_tensors():
+        t.mul_(scale.to(t.dtype))
+    dead = scale == 0
+    if bool(dead.any()):
+        for t in group.channel_tensors():
+            t[dead.to(t.device)] = 0
+
+
+@torch.no_grad()
+def zero_weakest_channels(groups: list[ChannelGroup], keep: int,
+                          score: Callable[[ChannelGroup], torch.Tensor] = GroupScore.rms,
+                          ) -> None:
+    """Zero all but the ``keep`` channels with the largest ``score`` (≥ 1 per group)."""
+    scores = [score(g) for g in groups]
     flat = torch.cat(scores)
     kept = torch.zeros_like(flat, dtype=torch.bool)
     kept[flat.topk(min(keep, flat.numel())).indices] = True

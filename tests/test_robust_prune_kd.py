@@ -15,6 +15,7 @@ from benchmarks.measure import count_macs
 from benchmarks.measure.params import deployment_problems, zero_filters_by_layer
 from benchmarks.method import FrozenTeacher
 from benchmarks.registry import build_model
+from benchmarks.train import lr_at
 from methods.common.proximal import (
     group_soft_threshold,
     prox_group_,
@@ -27,7 +28,12 @@ from methods.common.pruning import (
     prunable_layers,
     remove_zero_channels,
 )
-from methods.robust_prune_kd import RobustPruneKD, zero_weakest_channels, zero_weakest_per_group
+from methods.robust_prune_kd import (
+    GroupScore,
+    RobustPruneKD,
+    zero_weakest_channels,
+    zero_weakest_per_group,
+)
 
 X = torch.randn(2, 3, 32, 32)
 # teacher "standard": these tests hand in their own (random) teacher, not a trained one
@@ -256,16 +262,18 @@ def test_frozen_teacher_copy_is_a_trainable_student():
     assert dataclasses.is_dataclass(RobustPruneKD.Config)
 
 
-def test_the_compression_sweep_is_suite_variants_sharing_one_lambda(make_harness):
+def test_the_compression_sweep_is_suite_variants_sharing_one_lambda_setting(make_harness):
     harness = make_harness(budget="full")
     assert {"robust_prune_kd_x2", "robust_prune_kd_x4", "robust_prune_kd_x8"} <= set(
         harness.budget.variants)
     main = harness.build_method("robust_prune_kd")
-    assert main.cfg.compression == 16.0 and main.effective_lam == pytest.approx(4 * main.cfg.lam)
+    assert main.cfg.compression == 16.0 and main.cfg.lam is None  # calibrated per target
     for factor in (2, 4, 8):
         variant = harness.build_method(f"robust_prune_kd_x{factor}")
         assert variant.cfg.compression == factor and variant.cfg.controls == ()
-        assert variant.effective_lam == pytest.approx(math.log2(factor) * main.cfg.lam)
+        assert variant.cfg.lam is None
+    fixed = make_harness(budget="full", method_overrides={"robust_prune_kd_x4": {"lam": 0.5}})
+    assert fixed.build_method("robust_prune_kd_x4").effective_lam == pytest.approx(2 * 0.5)
 
 
 def test_admm_baseline_of_the_memory_benchmark_keeps_two_weight_copies():
@@ -450,3 +458,114 @@ def test_a_result_at_chance_is_an_error_not_a_row(make_context, monkeypatch):
     m.check_not_at_chance(ctx, student, teacher, "main", 15.0, 0.29, 0.29)  # fine: no error
     scores = iter([{"top1": 1.5}, {"top1": 1.0}])  # an untrained network: nothing to lose
     m.check_not_at_chance(ctx, student, teacher, "main", 15.0, 0.29, 0.29)
+
+
+# ---- λ calibrated to the schedule --------------------------------------------------------
+def _replay_prox(m: RobustPruneKD, student: nn.Module, groups, lam: float, lrs: list[float],
+                 max_zeros: int) -> list[float]:
+    """The prox hook alone (no gradient steps) over a schedule of learning rates; returns
+    the sparsity after every step."""
+    from types import SimpleNamespace
+
+    hook = m.prox_hook(student, groups, lam, max_zeros)
+    found = []
+    for step, lr in enumerate(lrs, start=1):
+        hook(SimpleNamespace(step=step, optimizer=SimpleNamespace(param_groups=[{"lr": lr}])))
+        found.append(m.sparsity(student, groups))
+    return found
+
+
+def test_the_calibrated_prox_fades_the_cut_channels_out_over_the_whole_phase(make_context):
+    # A fashion-mnist short run (λ = 15, 45 steps) hit its cap on 41 steps: the first step
+    # zeroed every channel the cut removes and shrank every survivor by the cut's norm, and
+    # then again on every step; the method ended 28 points below its magnitude control.
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    m = method(compression=4.0, prox_epochs=3, train_images=128)
+    assert m.cfg.lam is None and m.effective_lam is None  # calibrated by default
+    student = m.student_from(ctx.teacher())
+    groups = m.groups(student, ctx.example_input())
+    max_zeros, target = m.max_zeros(student, groups)
+    lam = m.prox_lam(ctx, student, groups, max_zeros)
+    recipe = ctx.recipe.replace(epochs=3, lr=m.cfg.lr, schedule=m.cfg.schedule, warmup_epochs=0)
+    steps = len(m.loader(ctx))
+    lrs = [lr_at(e, recipe) for e in range(3) for _ in range(steps)]
+    start = torch.cat([g.squared_norms().sqrt() for g in groups])
+    cut = float(start.kthvalue(max_zeros).values)
+    assert lam * sum(lrs) == pytest.approx(cut, rel=1e-6)  # the phase's thresholds add to the cut
+    found = _replay_prox(m, student, groups, lam, lrs, max_zeros)
+    assert found[0] <= 0.25 * target, "the first step already cut to the target"
+    assert found == sorted(found)
+    assert found[-1] >= target - 0.05  # by the end, what the cut removes is (nearly) gone
+    survivors = start > cut * 1.5
+    end = torch.cat([g.squared_norms().sqrt() for g in groups])
+    # Each survivor lost the phase's thresholds once: the cut's norm, not the cut's per step.
+    assert torch.allclose(end[survivors], start[survivors] - cut, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fixed_lambda_still_serves_a_sweep_and_the_calibrated_one_follows_the_target(
+        make_context):
+    ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
+    lams = {}
+    for c in (2.0, 8.0):
+        m = method(compression=c)
+        student = m.student_from(ctx.teacher())
+        groups = m.groups(student, ctx.example_input())
+        lams[c] = m.prox_lam(ctx, student, groups, m.max_zeros(student, groups)[0])
+        fixed = method(compression=c, lam=2.0)
+        assert fixed.prox_lam(ctx, student, groups, 1) == pytest.approx(2.0 * math.log2(c))
+    assert 0 < lams[2.0] < lams[8.0]  # a deeper cut: a stronger λ over the same schedule
+
+
+def trained_looking_bn(model: nn.Module) -> nn.Module:
+    """BN scales and shifts of distinct sizes (a fresh network's are all 1 and 0)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.2, 1.0)
+            bn.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("sparsity", ["filter", "bn_filter"])
+def test_the_hard_cut_ranks_channels_by_what_the_prox_thresholds(sparsity):
+    # The cut ranked by RMS norm (norm / √size) while the prox thresholded plain norms: the
+    # cut then removed channels the prox had kept (all but a few of layer3's, whose large
+    # fan-in makes their RMS small) instead of those it had zeroed.
+    from types import SimpleNamespace
+
+    m = method(sparsity=sparsity)
+    student = trained_looking_bn(resnet8())
+    groups = m.groups(student, X)
+    measure = dict(m.magnitudes(student, groups))
+    threshold = float(torch.cat(list(measure.values())).quantile(0.3))
+    m.prox_hook(student, groups, threshold)(
+        SimpleNamespace(step=2, optimizer=SimpleNamespace(param_groups=[{"lr": 1.0}])))
+    zeroed = {g.name: set((g.squared_norms() == 0).nonzero().flatten().tolist()) for g in groups}
+    assert sum(map(len, zeroed.values())) > 0
+    alive = sum(g.channels for g in groups) - sum(map(len, zeroed.values()))
+    groups_now = m.groups(student, X)
+    score = GroupScore.norm_rms if sparsity == "bn_filter" else GroupScore.norm
+    zero_weakest_channels(groups_now, alive, score)
+    for g in groups_now:  # keeping as many channels as are alive keeps exactly those
+        assert set((g.squared_norms() == 0).nonzero().flatten().tolist()) == zeroed[g.name]
+
+
+def test_the_bn_filter_prox_shrinks_scales_and_shifts_and_zeroes_dead_channels_whole():
+    from types import SimpleNamespace
+
+    m = method(sparsity="bn_filter")
+    student = trained_looking_bn(resnet8())
+    groups = m.groups(student, X)
+    before = [(g.norm_rms().clone(), g.squared_norms().clone()) for g in groups]
+    filters = [g.layers[0].weight.detach().clone() for g in groups]
+    threshold = float(torch.cat([b[0] for b in before]).quantile(0.4))
+    m.prox_hook(student, groups, threshold)(
+        SimpleNamespace(step=2, optimizer=SimpleNamespace(param_groups=[{"lr": 1.0}])))
+    for g, (rms, _), weight in zip(groups, before, filters, strict=True):
+        dead = rms <= threshold
+        assert torch.allclose(g.norm_rms()[~dead], rms[~dead] - threshold, rtol=1e-5)
+        assert bool((g.squared_norms()[dead] == 0).all())  # filters too: removable exactly
+        assert torch.equal(g.layers[0].weight[~dead], weight[~dead])  # filters untouched
+    out = student.eval()(X)
+    remove_zero_channels(student, X, exclude=[classifier_of(student)])
+    assert torch.allclose(student(X), out, atol=1e-5)

@@ -63,7 +63,7 @@ budgets = dict(
                            channels=16, layers=5, retrain_epochs=10, retrain_lr=0.025),
             # PGD-3 training attack, an FGSM-RS-trained (1 step of 1.25 eps) adversarial
             # teacher, 4x compression, the two controls its claims compare against.
-            robust_prune_kd=dict(compression=4.0, lam=15.0, attack_steps=3,
+            robust_prune_kd=dict(compression=4.0, attack_steps=3,
                                  teacher_attack_steps=1, teacher_step_size=10 / 255,
                                  prox_epochs=3, finetune_epochs=2, train_images=1000,
                                  final_bn_batches=8,

@@ -242,6 +242,30 @@ class ChannelGroup:
         return sum(t.detach().reshape(t.shape[0], -1).float().pow(2).sum(1)
                    for t in self.channel_tensors())
 
+    def norm_tensors(self) -> list[torch.Tensor]:
+        """The normalisation layers' scale and shift: what sets each channel's output when
+        every producing layer is followed by a norm (its filters' scale then cancels)."""
+        return [t for norm in self.norms if norm.affine for t in (norm.weight, norm.bias)]
+
+    @torch.no_grad()
+    def norm_rms(self) -> torch.Tensor:
+        """Per channel, the RMS of its normalisation scales and shifts."""
+        tensors = self.norm_tensors()
+        if not tensors:
+            raise ValueError(f"channel group {self.name!r} has no affine normalisation layer")
+        return (sum(t.detach().float().pow(2) for t in tensors) / len(tensors)).sqrt()
+
+    @property
+    def channel_size(self) -> int:
+        """How many numbers one channel holds across ``channel_tensors``."""
+        return sum(t[0].numel() for t in self.channel_tensors())
+
+    @torch.no_grad()
+    def rms(self) -> torch.Tensor:
+        """Per channel, the RMS of everything in ``channel_tensors`` (norm / √size): channels
+        of groups of different sizes become comparable."""
+        return self.squared_norms().div(self.channel_size).sqrt()
+
 
 def channel_groups(model: nn.Module, example_inputs: torch.Tensor, *,
                    exclude: Iterable[nn.Module] = ()) -> list[ChannelGroup]:
