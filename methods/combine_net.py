@@ -7,7 +7,10 @@ out of the training split. The knee of the concave, decreasing accuracy-vs-rate 
 (Kneedle, ``kneed``) is the pruning rate; the sub-net cut there is retrained with KD from
 the unpruned teacher.
 
-A Combine-Net row is always compressed: rate 0 is never chosen. Without a knee (the curve is
+The curve ends at its first candidate at chance (held-out top-1 within three binomial
+standard deviations of 1/classes): the dead candidates beyond it form a flat tail that says
+nothing of the knee but makes the curve look convex. A Combine-Net row is always
+compressed: rate 0 is never chosen. Without a knee (the curve is
 convex or flat, e.g. an under-trained teacher) the rate is the largest one > 0 whose
 accuracy stays within ``fallback_tolerance`` points of the least pruned candidate's
 (kdbench's fallback [R], not the paper's), and when no rate > 0 does, the grid rate nearest
@@ -23,6 +26,7 @@ of a residual block, or a ResNet stage's summed channels.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,23 +96,40 @@ def lies_above_chord(x: Sequence[float], y: Sequence[float]) -> bool:
     return sum(yi - ci for yi, ci in zip(y, chord, strict=True)) >= 0
 
 
+def at_chance_from(accuracies: Sequence[float], chance: float | None) -> int | None:
+    """Index of the first candidate at or below ``chance`` (None: none is, or no floor)."""
+    if chance is None:
+        return None
+    return next((i for i, a in enumerate(accuracies) if a <= chance), None)
+
+
 def choose_rate(rates: Sequence[float], accuracies: Sequence[float], sensitivity: float,
-                tolerance: float, fallback_rate: float = 0.3) -> Choice:
+                tolerance: float, fallback_rate: float = 0.3,
+                chance: float | None = None) -> Choice:
     """The pruning rate of one accuracy-vs-rate curve; never 0 (the row must be compressed).
 
+    With ``chance`` (the held-out accuracy a dead network reaches), the curve ends at its
+    first candidate at chance: every larger rate scores chance too and says nothing of the
+    knee, yet its flat tail would make the whole curve look convex (below its chord).
     1. ``kneedle``: Kneedle's knee of the concave, decreasing curve (if > 0);
     2. ``tolerance`` (no knee, or the curve is not concave): the largest rate > 0 whose
        accuracy is within ``tolerance`` points of the first (least pruned) candidate's;
     3. ``target`` (no rate > 0 is, e.g. a convex curve that falls at once): the grid rate
        > 0 nearest ``fallback_rate`` (ties: the larger).
     """
+    end = at_chance_from(accuracies, chance)
+    span = ""
+    if end is not None and 2 <= end < len(rates) - 1:  # Kneedle needs >= 3 points
+        rates, accuracies = rates[:end + 1], accuracies[:end + 1]
+        span = f"curve up to rate {rates[-1]:g}, its first candidate at chance"
     if not lies_above_chord(rates, accuracies):
         reason = "curve not concave (below its chord)"
     else:
         knee = kneedle(rates, accuracies, sensitivity=sensitivity)
         if knee is not None and knee > 0:
-            return Choice(knee, "kneedle")
+            return Choice(knee, "kneedle", span)
         reason = "Kneedle found no knee" if knee is None else "Kneedle's knee is rate 0"
+    reason = "; ".join(filter(None, (span, reason)))
     floor = accuracies[0] - tolerance
     within = [r for r, a in zip(rates, accuracies, strict=True) if r > 0 and a >= floor]
     if within:
@@ -200,8 +221,9 @@ class CombineNet(Method):
             curves = {"all": scorer.curve(groups, groups)}
         else:
             curves = {g.name: scorer.curve(groups, [g]) for g in groups}
+        chance = scorer.chance_level(ctx.num_classes)
         choices = {name: choose_rate(cfg.rates, acc, cfg.sensitivity, cfg.fallback_tolerance,
-                                     cfg.fallback_rate)
+                                     cfg.fallback_rate, chance)
                    for name, acc in curves.items()}
         plan = {g: choices["all" if cfg.rate_mode == "global" else g.name].rate for g in groups}
         kept = {g: kept_channel_count(g.channels, r) for g, r in plan.items()}
@@ -275,6 +297,12 @@ class CandidateScorer:
               pruned: Sequence[ChannelGroup]) -> list[float]:
         """Accuracy at each grid rate with the ``pruned`` groups cut at that rate."""
         return [self.score(self.cut({g: rate for g in pruned})) for rate in self.cfg.rates]
+
+    def chance_level(self, num_classes: int) -> float:
+        """Held-out top-1 (percent) a candidate at chance stays under: 1/classes plus
+        three binomial standard deviations over the held-out images."""
+        p = 1 / num_classes
+        return 100 * (p + 3 * math.sqrt(p * (1 - p) / self.n_held_out))
 
     def description(self) -> dict[str, Any]:
         return {"adaptive_bn": True, "calibration_split": "train (held-out images excluded)",

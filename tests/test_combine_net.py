@@ -87,6 +87,23 @@ def test_choose_rate_uses_the_knee_or_records_the_fallback():
     assert choice.rate == pytest.approx(0.3)  # no rate > 0 within 1 point: fallback_rate
 
 
+def test_the_curve_ends_at_its_first_candidate_at_chance():
+    # A fashion-mnist short seed's held-out curve (500 images, resnet20): flat, a fall, then
+    # dead candidates around 10 %. Whole, it lies below its chord, so the tolerance fallback
+    # kept rate 0.05 (0.92x the teacher's params); up to its first candidate at chance it
+    # is concave and Kneedle finds the knee.
+    rates = [i / 20 for i in range(20)]
+    curve = [92.6, 92.4, 91.0, 87.8, 82.4, 64.6, 66.6, 59.8, 52.6, 48.2, 27.4, 23.6, 6.0, 3.2,
+             9.0, 7.4, 11.4, 9.4, 14.6, 3.0]
+    whole = choose_rate(rates, curve, 1.0, 1.0)
+    assert (whole.rate, whole.by) == (pytest.approx(0.05), "tolerance")
+    chance = 100 * (0.1 + 3 * (0.1 * 0.9 / 500) ** 0.5)
+    cut = choose_rate(rates, curve, 1.0, 1.0, chance=chance)
+    assert cut.by == "kneedle" and cut.rate == pytest.approx(0.45)
+    assert "up to rate 0.6" in cut.reason
+    assert choose_rate(rates, curve, 1.0, 1.0, chance=1.0) == whole  # nothing at chance
+
+
 @pytest.mark.parametrize("fallback_rate", [0.3, 0.33, 0.05, 0.9])
 def test_choose_rate_never_keeps_rate_zero(fallback_rate):
     """Whatever the curve, a rate > 0 of the grid: the knee, the tolerance rule, or the grid
