@@ -166,13 +166,16 @@ def plan_jobs(suite: SuiteConfig, budget: str, methods: Sequence[str] | None,
     for pair in plan.pairs:
         for seed in plan.seeds:
             for name in plan.methods:
-                reason = harness.build_method(name).supports(pair)
+                method = harness.build_method(name)
+                reason = method.supports(pair)
                 if reason:
                     log.warning("%s %s: skipped, %s", name, pair.label, reason)
                     continue
                 record = record_path(Path(common["results_dir"]), suite.name, budget, source,
                                      name, pair.teacher, pair.student, seed)
-                if record.exists() and not common.get("force"):
+                # As `kdbench run`: a record of another configuration (an edited suite, a
+                # --set) does not count as done.
+                if not common.get("force") and not harness.stale_records(method, pair, seed):
                     continue
                 jobs.append(SweepJob(budget=budget, method=name, teacher=pair.teacher,
                                      student=pair.student, seed=seed, **common))

@@ -192,3 +192,32 @@ def test_local_jobs_side_by_side_share_the_cores(tmp_path, monkeypatch):
            results_dir=tmp_path, max_parallel=3)
     assert [job.threads for job in seen["jobs"]] == [2, 2, 2]
     assert all(job.threads is None for job in jobs)  # the caller's jobs are left as they were
+
+
+def test_a_record_of_another_configuration_is_not_done(cifar_root, tmp_path):
+    # A fashion-mnist short sweep after a suite edit skipped every job with an old record:
+    # the sweep's plan, like `kdbench run`, counts only records of this configuration.
+    from benchmarks.config import load_suite
+    from benchmarks.method import config_dict
+    from benchmarks.results import _RECORD_KEYS, SCHEMA_VERSION
+    from benchmarks.runner import Harness
+    from benchmarks.sweep import plan_jobs
+
+    suite = load_suite("cifar100")
+    common = {"suite": "cifar100", "results_dir": str(tmp_path / "results"),
+              "cache_dir": str(tmp_path / "cache")}
+    overrides = {"dataset_overrides": {"root": str(cifar_root), "download": False,
+                                       "synthetic_fallback": False}}
+    harness = Harness(suite, "smoke", results_dir=tmp_path / "results",
+                      cache_dir=tmp_path / "cache", **overrides)
+    pair = harness.budget.pairs[0]
+    path = record_path(tmp_path / "results", "cifar100", "smoke", harness.data.data_source,
+                       "kd", pair.teacher, pair.student, 0)
+    expected = harness.config_hash(config_dict(harness.build_method("kd").cfg), pair.teacher,
+                                   "ab" * 32, "fp32")
+    for config_hash, planned in (("another-configuration", True), (expected, False)):
+        write_json_atomic({"schema_version": SCHEMA_VERSION, "status": "ok",
+                           "config_hash": config_hash, "teacher_checkpoint": {"sha256": "ab" * 32},
+                           **dict.fromkeys(_RECORD_KEYS, 0)}, path)
+        jobs, _, _ = plan_jobs(suite, "smoke", ["kd"], [0], common, overrides)
+        assert bool(jobs) is planned, config_hash
