@@ -143,14 +143,43 @@ def test_eval_output_is_independent_of_the_batch_and_train_output_is_not():
     assert not torch.allclose(lma(torch.cat([x, other]))[:4], lma(x))
 
 
-def test_running_statistics_move_only_in_training_without_bias_correction():
+def test_running_statistics_move_only_in_training_and_are_bias_corrected():
     lma = LMA(8, momentum=0.99)
     x = 3.0 + 2.0 * torch.randn(64, 8, generator=gen())
     lma.eval()(x)
     assert lma.running_mean.item() == 0.0 and lma.running_std.item() == 0.0
     lma.train()(x)
-    assert lma.running_mean.item() == pytest.approx(0.01 * x.mean().item(), rel=1e-5)
-    assert lma.running_std.item() == pytest.approx(0.01 * x.std().item(), rel=1e-5)
+    # The first batch is the whole estimate (the authors' uncorrected EMA holds 0.01 of it).
+    assert lma.running_mean.item() == pytest.approx(x.mean().item(), rel=1e-5)
+    assert lma.running_std.item() == pytest.approx(x.std().item(), rel=1e-5)
+    y = 3.0 + 2.0 * torch.randn(64, 8, generator=gen(1))
+    lma(y)
+    # Two batches: EMA weights 0.99*0.01 and 0.01, divided by 1 - 0.99^2.
+    expected = (0.99 * x.mean() + y.mean()).item() / 1.99
+    assert lma.running_mean.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_short_training_leaves_eval_statistics_at_the_training_distribution():
+    # A few hundred steps, as a CPU budget runs: the uncorrected running std would be
+    # (1 - 0.99^50) = 0.39 of the batches' std and every eval segment edge would move.
+    lma = LMA(8, momentum=0.99).train()
+    for s in range(50):
+        lma(3.0 + 2.0 * torch.randn(256, 8, generator=gen(s)))
+    assert lma.running_mean.item() == pytest.approx(3.0, abs=0.05)
+    assert lma.running_std.item() == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_state_saved_without_the_batch_counter_loads_its_statistics_unchanged():
+    lma = LMA(8).train()
+    lma(torch.randn(16, 10, generator=gen()))
+    state = {k: v for k, v in lma.state_dict().items() if k != "num_batches_tracked"}
+    restored = LMA(8)
+    restored.load_state_dict(state)
+    assert restored.running_std.item() == lma.running_std.item()
+    restored.train()(torch.randn(16, 10, generator=gen(1)))  # a settled counter: weight 0.01
+    assert restored.running_std.item() == pytest.approx(
+        0.99 * lma.running_std.item() + 0.01 * torch.randn(16, 10, generator=gen(1)).std().item(),
+        rel=1e-5)
 
 
 def test_running_statistics_survive_a_state_dict_round_trip():
@@ -158,7 +187,8 @@ def test_running_statistics_survive_a_state_dict_round_trip():
     for s in range(5):
         lma(torch.randn(16, 10, generator=gen(s)) * (s + 1))
     state = lma.state_dict()
-    assert {"running_mean", "running_std", "slope_offsets", "slopes", "intercepts"} <= set(state)
+    assert {"running_mean", "running_std", "num_batches_tracked", "slope_offsets", "slopes",
+            "intercepts"} <= set(state)
     restored = LMA(8)
     restored.load_state_dict(state)
     x = torch.randn(7, 10, generator=gen(9))

@@ -6,8 +6,13 @@ segments, values outside it belong to the first/last segment, and segment k comp
 ``(a_k + a0_k)·x + b_k``. ``a`` and ``b`` are 2K learnable scalars shared by all channels;
 ``a0`` is a fixed slope offset (0 on the lower half of the segments, 1 on the upper half),
 so at initialisation LMA is a ReLU-like step at the mean. Training uses the batch
-statistics and updates running ones (momentum 0.99, no bias correction, as in the authors'
-code); evaluation uses the running ones, so eval output depends on x alone.
+statistics and updates running ones (momentum 0.99, as in the authors' code); evaluation
+uses the running ones, so eval output depends on x alone. Unlike the authors' code, the
+running statistics are bias-corrected (as Adam's moments, Kingma & Ba, ICLR 2015, Sec. 3):
+their zero start and no correction leave them at (1 - 0.99^t) of the true value after t
+steps, which is harmless at the paper's 200 epochs but put every segment edge of a
+240-step digits run at 0.88x its training position (eval top-1 61 % against 94 % with the
+statistics recomputed on training batches).
 
 Two implementations give the same output:
 
@@ -89,6 +94,8 @@ class LMA(nn.Module):
         self.register_buffer("slope_offsets", slope_offsets(num_segments))
         self.register_buffer("running_mean", torch.zeros(()))
         self.register_buffer("running_std", torch.zeros(()))
+        # Batches averaged into the running statistics, for their bias correction.
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
     def extra_repr(self) -> str:
         return f"num_segments={self.num_segments}, momentum={self.momentum}, impl={self.impl!r}"
@@ -107,9 +114,23 @@ class LMA(nn.Module):
         flat = x.detach()
         mean, std = flat.mean(), flat.std()
         with torch.no_grad():
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), 1.0 - self.momentum)
-            self.running_std.lerp_(std.to(self.running_std.dtype), 1.0 - self.momentum)
+            # The running values are kept bias-corrected: the EMA started at 0 divided by
+            # 1 - momentum^t, which as an update is a lerp with weight
+            # (1 - momentum) / (1 - momentum^t) (1 at the first batch, 1 - momentum later).
+            self.num_batches_tracked.add_(1)
+            t = self.num_batches_tracked.to(self.running_mean.dtype)
+            weight = (1.0 - self.momentum) / (1.0 - self.momentum ** t)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
+            self.running_std.lerp_(std.to(self.running_std.dtype), weight)
         return mean, std
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state saved before the counter existed holds settled statistics: load them as
+        # they are, with the counter at a count where the correction is 1.
+        key = prefix + "num_batches_tracked"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(10**6, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def segment_index(self, x: torch.Tensor, mean: torch.Tensor,
                       std: torch.Tensor) -> torch.Tensor:
