@@ -6,7 +6,10 @@ Prints images/s of each and their ratio as the median of per-round (paired) rati
 95 % CI over rounds, as latency does (goal: harness / hand-written >= 0.95); the harness with
 channels_last against NCHW, paired the same way; and the share of this machine's matmul
 peak (``torch.mm``, same threads) the harness reaches: training FLOPs = 3x the student's
-forward (forward + backward) + the teacher's forward.
+forward (forward + backward) + the teacher's forward. Then the teacher's own training (CE)
+through the harness against the same peak, and ``torch.compile`` of the student's training
+step (Inductor): its one-off compile time and its steady-state speed against eager, paired by
+rounds, so whether it pays for a run of a given length can be read off.
 
     python -m benchmarks.perf.train_throughput [--teacher resnet20 --student resnet8]
 """
@@ -17,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     flops = (3 * count_flops(build_model(args.student, data.num_classes), example)
              + count_flops(teacher.model, example))
     peak = matmul_peak_gflops()
+    teacher_rate = teacher_training_rate(args.teacher, data, split, recipe)
+    teacher_flops = 3 * count_flops(teacher.model, example)
+    compiled = compile_rates(args.student, data, split, teacher, recipe, args.rounds)
     print(f"training throughput, KD {args.teacher}->{args.student}, batch {args.batch_size}, "
           f"{args.threads} threads, {images} images x {args.rounds} rounds")
     print(f"  hand-written loop : {hand:8.1f} img/s  (rounds: "
@@ -119,6 +126,68 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  training FLOPs {flops / 1e6:.1f} M/image -> {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak:.0f} % of the torch.mm peak ({peak:.1f} GFLOP/s, "
           f"{args.threads} threads)")
+    print(f"  teacher {args.teacher} trained alone (CE, harness): {teacher_rate:8.1f} img/s, "
+          f"{teacher_flops / 1e6:.1f} M FLOPs/image -> "
+          f"{100 * teacher_rate * teacher_flops / 1e9 / peak:.0f} % of the torch.mm peak")
+    eager_rate = statistics.median(compiled["eager"])
+    compiled_rate = statistics.median(compiled["compiled"])
+    saved_per_image = 1 / eager_rate - 1 / compiled_rate
+    break_even = (f"{compiled['compile_s'] / saved_per_image:,.0f} training images"
+                  if saved_per_image > 0 else "never (not faster)")
+    print(f"  torch.compile of the student's step: compile {compiled['compile_s']:.1f} s "
+          f"(first epoch minus a steady one); steady state compiled / eager: "
+          f"{paired(compiled['compiled'], compiled['eager'])}; it pays for itself after "
+          f"{break_even}")
+
+
+def teacher_training_rate(arch: str, data, split, recipe: TrainRecipe) -> float:
+    """Images/s of the harness loop training ``arch`` alone with cross-entropy."""
+    torch.manual_seed(0)
+    model = build_model(arch, data.num_classes)
+    loader = BatchLoader(split, recipe.batch_size, mean=data.mean, std=data.std, train=True,
+                         seed=0)
+    result = fit(model, lambda batch, logits: F.cross_entropy(logits, batch.y), loader,
+                 recipe.replace(epochs=2), device=torch.device("cpu"), progress=False)
+    return len(loader) * recipe.batch_size / result.history[-1]["seconds"]  # the 2nd epoch
+
+
+def compile_rates(arch: str, data, split, teacher, recipe: TrainRecipe,
+                  rounds: int) -> dict[str, Any]:
+    """Steady-state images/s of one epoch of KD training, eager and with the student under
+    ``torch.compile`` (alternating rounds), and the compile time of the compiled one."""
+    out: dict[str, Any] = {"eager": [], "compiled": []}
+    models = {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        student = build_model(arch, data.num_classes)
+        models[name] = (student, torch.compile(student) if name == "compiled" else student)
+    optimizers = {k: torch.optim.SGD(m[0].parameters(), lr=recipe.lr, momentum=0.9)
+                  for k, m in models.items()}
+    loader = BatchLoader(split, recipe.batch_size, mean=data.mean, std=data.std, train=True,
+                         seed=0)
+    images = len(loader) * recipe.batch_size
+
+    def epoch(name: str) -> float:
+        _, step_model = models[name]
+        opt = optimizers[name]
+        t0 = time.perf_counter()
+        for x, y in loader:
+            with torch.no_grad():
+                t = teacher(x)
+            s = step_model(x)
+            loss = 0.1 * F.cross_entropy(s, y) + 0.9 * kd_kl(s, t, 4.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    first = {name: epoch(name) for name in ("eager", "compiled")}
+    for r in range(rounds):
+        for name in (("eager", "compiled") if r % 2 else ("compiled", "eager")):
+            out[name].append(images / epoch(name))
+    steady = images / statistics.median(out["compiled"])
+    out["compile_s"] = max(0.0, first["compiled"] - steady)
+    return out
 
 
 def paired(a: list[float], b: list[float]) -> str:
