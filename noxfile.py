@@ -66,7 +66,7 @@ def shared_env(session: nox.Session, detection: bool = False) -> str:
     if detection and not _stamp(detection_stamp, pyproject, build_script):
         # mmcv's compiled ops are chosen/built against the torch just installed, and must be
         # in place before mmdet is installed.
-        session.run(str(python), "-m", "detection.build_mmcv", "ensure", external=True)
+        session.run(str(python), "-m", "kdbench.detection.build_mmcv", "ensure", external=True)
         session.run(str(python), "-m", "pip", "install", "-e",
                     f"{ROOT}[{CORE_EXTRAS},detection]", external=True)
         _write_stamp(detection_stamp, pyproject, build_script)
@@ -74,7 +74,7 @@ def shared_env(session: nox.Session, detection: bool = False) -> str:
 
 
 def kdbench(session: nox.Session, *args: str) -> None:
-    session.run(shared_env(session), "-m", "benchmarks.cli", *args, external=True)
+    session.run(shared_env(session), "-m", "kdbench.benchmarks.cli", *args, external=True)
 
 
 @nox.session
@@ -102,19 +102,34 @@ def bench_cifar100(session: nox.Session) -> None:
     kdbench(session, "run", "--suite", "cifar100", *session.posargs)
 
 
+def gated_suites(session: nox.Session) -> list[tuple[str, bool]]:
+    """The suites with a ``regress`` section, each with whether its gate writes claims."""
+    listing = session.run(
+        shared_env(session), "-c",
+        "from kdbench.benchmarks.regress import gate_of, gated_suites\n"
+        "for suite in gated_suites(): print('gated', suite, int(gate_of(suite).claims))",
+        silent=True, external=True)
+    return [(words[1], words[2] == "1") for words in map(str.split, str(listing or "").splitlines())
+            if len(words) == 3 and words[0] == "gated"]
+
+
 @nox.session
 def regress(session: nox.Session) -> None:
-    """Re-run the smoke suites (CPU, generated CIFAR-100, real digits and Fashion-MNIST) with
-    the CPU kernels pinned to AVX2 and compare them with ``results/baselines/*.csv``; fails on
-    a regression. ``-- --update`` rewrites the baselines
-    (3 seeds) and prints what changed. The leaderboards and report go to results/regress/.
+    """Re-run the gated suites' smoke budgets (CPU; the suites with a ``regress`` section,
+    e.g. generated CIFAR-100, real digits and Fashion-MNIST) with the CPU kernels pinned to
+    AVX2 and compare them with ``results/baselines/*.csv``; fails on a regression.
+    ``-- --update`` rewrites the baselines (3 seeds) and prints what changed. The
+    leaderboards and report go to results/regress/.
     """
     kdbench(session, "regress", "--markdown", "results/regress/report.md", *session.posargs)
-    for suite in ("cifar100", "digits", "fashion-mnist"):
+    gated = gated_suites(session)
+    for suite, _ in gated:
         kdbench(session, "report", "--suite", suite, "--results-dir", "results/regress")
     # A report, not a gate: smoke has too few steps (and seeds) for stable verdicts.
-    kdbench(session, "claims", "--suite", "fashion-mnist", "--budget", "smoke",
-            "--results-dir", "results/regress")
+    for suite, claims in gated:
+        if claims:
+            kdbench(session, "claims", "--suite", suite, "--budget", "smoke",
+                    "--results-dir", "results/regress")
 
 
 @nox.session
@@ -142,31 +157,26 @@ def bench_digits(session: nox.Session) -> None:
     kdbench(session, "run", "--suite", "digits", *session.posargs)
 
 
-REID_METHODS = "teacher,scratch,kd,kdas_reid"
-
-
 @nox.session(name="bench-reid")
 def bench_reid(session: nox.Session) -> None:
     """Market-1501 person ReID (rank-1/mAP): the baselines and KDAS-ReID, then the leaderboard.
 
-    Arguments after ``--`` go to ``kdbench run`` (default methods: teacher, scratch, kd,
-    kdas_reid). Without Market-1501 under data/ it runs on a generated set in the same layout
-    (data_source=synthetic).
+    Arguments after ``--`` go to ``kdbench run`` (default methods: the suite's
+    ``default_methods``). Without Market-1501 under data/ it runs on a generated set in the
+    same layout (data_source=synthetic).
     """
-    methods = [] if any(a.startswith("--methods") for a in session.posargs) \
-        else ["--methods", REID_METHODS]
-    kdbench(session, "run", "--suite", "reid-market1501", *methods, *session.posargs)
+    kdbench(session, "run", "--suite", "reid-market1501", *session.posargs)
 
 
 @nox.session(name="bench-detection")
 def bench_detection(session: nox.Session) -> None:
     """CenterNet detection KD (teacher, student alone, ctkd) with mmdet, then the leaderboard.
 
-    Arguments after ``--`` go to ``python -m detection.bench`` (--suite synthetic-coco|coco,
-    --budget, --methods, --seeds, --data-root, --cfg-options ...).
+    ``kdbench run --suite synthetic-coco`` in the environment with the detection extra;
+    arguments after ``--`` are ``kdbench run``'s (``--suite coco --budget full``, ...).
     """
-    session.run(shared_env(session, detection=True), "-m", "detection.bench", *session.posargs,
-                external=True)
+    session.run(shared_env(session, detection=True), "-m", "kdbench.benchmarks.cli", "run",
+                "--suite", "synthetic-coco", *session.posargs, external=True)
 
 
 @nox.session(name="build-mmcv")
@@ -175,8 +185,8 @@ def build_mmcv(session: nox.Session) -> None:
 
     ``-- --force`` rebuilds even when a wheel is cached; ``-- --cuda`` builds CUDA kernels.
     """
-    session.run(shared_env(session, detection=True), "-m", "detection.build_mmcv", "build",
-                *session.posargs, external=True)
+    session.run(shared_env(session, detection=True), "-m", "kdbench.detection.build_mmcv",
+                "build", *session.posargs, external=True)
 
 
 @nox.session
@@ -186,10 +196,9 @@ def perf(session: nox.Session) -> None:
     whether repeated speed-up measurements of one pair have overlapping CIs.
 
     Each script has its own flags; run it directly for those, e.g.
-    ``python -m benchmarks.perf.train_throughput --teacher resnet56 --student resnet20``.
+    ``python -m kdbench.benchmarks.perf.train_throughput --teacher resnet56 --student resnet20``.
     """
     python = shared_env(session)
-    for script in ("benchmarks.perf.data_throughput", "benchmarks.perf.train_throughput",
-                   "benchmarks.perf.lma_activation", "benchmarks.perf.prox_vs_admm_memory",
-                   "benchmarks.perf.int8_speedup", "benchmarks.perf.speedup_repeats"):
-        session.run(python, "-m", script, external=True)
+    for script in ("data_throughput", "train_throughput", "lma_activation",
+                   "prox_vs_admm_memory", "int8_speedup", "speedup_repeats"):
+        session.run(python, "-m", f"kdbench.benchmarks.perf.{script}", external=True)

@@ -7,6 +7,10 @@ or a script calls it directly::
     result = kdbench.run(suite="digits", methods=["kd"], budget="smoke", seeds=1)
     result.board      # the leaderboard (pandas DataFrame), as written to its CSV
     result.records    # the run records (dicts) of the planned methods and seeds
+
+How the runs are carried out (where results go, device, deployments, ``force``, ...) is one
+:class:`benchmarks.options.RunOptions`, given whole (``options=``) or by its fields
+(``results_dir=..., force=True``), as ``kdbench run``'s options are.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from benchmarks.config import SuiteConfig, load_suite
-from benchmarks.errors import ConfigError, RunsFailedError
-from benchmarks.teachers import default_cache_dir
+from kdbench.benchmarks.config import SuiteConfig, load_suite
+from kdbench.benchmarks.errors import ConfigError, RunsFailedError
+from kdbench.benchmarks.options import RunOptions
 
 if TYPE_CHECKING:
-    from benchmarks.runner import Harness, RunPlan
+    from kdbench.benchmarks.runner import Harness, RunPlan
 
 
 @dataclass
@@ -58,36 +62,39 @@ def run(
     *,
     budget: str = "smoke",
     seeds: int | Sequence[int] | None = None,
-    results_dir: str | Path = "results",
-    cache_dir: str | Path | None = None,
-    force: bool = False,
+    options: RunOptions | None = None,
     on_plan: Callable[[Harness, RunPlan], None] | None = None,
-    **harness_options: Any,
+    **changes: Any,
 ) -> RunResult:
     """Run ``methods`` (None: every method of the suite) on ``suite`` at ``budget``.
 
-    ``harness_options`` are the :class:`benchmarks.runner.Harness` settings (``device``,
-    ``deploy``, ``evaluators``, ``measure_latency``, ``method_overrides``, ...). Runs that
-    already have a record of the same configuration are skipped, as on the command line.
-    A run that fails raises :class:`RunsFailedError` after the others finished; their
-    records are on disk and on the board.
+    ``options`` (default: :class:`RunOptions`' defaults) with ``changes``, any of its fields
+    (``results_dir``, ``cache_dir``, ``force``, ``device``, ``deploy``, ``evaluators``,
+    ``measure_latency``, ``method_overrides``, ...), say how. Runs that already have a record
+    of the same configuration are skipped, as on the command line, unless ``force``. A run
+    that fails raises :class:`RunsFailedError` after the others finished; their records are
+    on disk and on the board.
     """
-    from benchmarks import distributed
-    from benchmarks.results import leaderboard_path, load_records, rebuild_leaderboard
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks import distributed
+    from kdbench.benchmarks.board import leaderboard_path, rebuild_leaderboard
+    from kdbench.benchmarks.records import load_records
+    from kdbench.benchmarks.runner import Harness
 
     if isinstance(methods, str):
         raise ConfigError(f"methods takes a list of names, e.g. [{methods!r}], not a string")
+    options = RunOptions.of(options, **changes)
     config = load_suite(suite) if isinstance(suite, str) else suite
-    results = Path(results_dir)
-    harness = Harness(config, budget, results_dir=results,
-                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                      **harness_options)
+    results = options.results_dir
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    harness = Harness(config, budget, options)
     plan = harness.plan(methods, seed_list(seeds))
     if on_plan is not None:
         on_plan(harness, plan)
     try:
-        written = harness.run(plan.methods, plan.seeds, force=force)
+        written = harness.run(plan.methods, plan.seeds)
     except RunsFailedError:
         if distributed.current().primary and load_records(results, config.name, budget):
             rebuild_leaderboard(results, config.name, budget)

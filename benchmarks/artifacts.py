@@ -7,9 +7,7 @@ the record instead of a file (its numbers are still valid).
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +15,15 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from benchmarks.errors import KdbenchError
-from benchmarks.teachers import sha256_file
+from kdbench.benchmarks.atomic import write_via
+from kdbench.benchmarks.errors import KdbenchError
+from kdbench.benchmarks.teachers import sha256_file
 
 PROGRAM = "model.pt2"
 WEIGHTS = "model.safetensors"
 
 
 sha256_of = sha256_file  # one file hash for teachers and artifacts
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the file's suffix: torch.export.save warns about any other.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _program(model: nn.Module, example: Sequence[torch.Tensor]) -> torch.export.ExportedProgram:
@@ -66,7 +51,8 @@ def save_artifacts(model: nn.Module, example: Sequence[torch.Tensor], folder: Pa
     for fmt, (name, write) in savers.items():
         path = folder / name
         try:
-            _write_atomic(path, write)
+            # The temporary name keeps the suffix: torch.export.save warns about any other.
+            write_via(path, write, keep_suffix=True)
         except Exception as exc:  # the run's numbers stand; say why there is no file
             entries[fmt] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             continue

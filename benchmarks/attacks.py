@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.measure.params import evaluating
+from kdbench.benchmarks.measure.params import evaluating
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -32,14 +32,13 @@ top level stays light: pandas, scipy and the record readers load only to evaluat
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.errors import ConfigError, KdbenchError
+from kdbench.benchmarks.atomic import write_text, write_via
+from kdbench.benchmarks.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +54,6 @@ SPEEDUP_PREFIX = "speedup_"  # e.g. speedup_cpu_t1_b1, speedup_cpu_compiled_t1_b
 DIRECTIONS = ("higher", "lower")
 ALPHA = 0.05
 MIN_SEEDS = 3
-BASELINES = ("teacher", "scratch", "kd")
 # Metrics of opt-in evaluators (--evaluators robust): missing means not run, not inapplicable.
 OPT_IN_METRICS = ("robust_top1",)
 VERDICTS = ("holds", "contradicted", "not shown", "not shown (n<3)", "not run",
@@ -107,7 +105,7 @@ class Claim:
         if not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
             raise ConfigError(f"claim {self.text!r}: margin must be a finite number; "
                               f"got {self.margin!r}")
-        from benchmarks.deploy import DEPLOY_TARGETS
+        from kdbench.benchmarks.deploy import DEPLOY_TARGETS
 
         for key in ("deploy", "beats_deploy"):
             if getattr(self, key) not in DEPLOY_TARGETS:
@@ -137,24 +135,43 @@ def declared_claims(suite: str | None = None,
                     ) -> dict[str, tuple[Claim, ...]]:
     """Every registered method's claims (loaded as ``kdbench list methods`` does).
 
-    A detection suite's board has only the detection rows: its claims are ``ctkd``'s. A
-    classification suite's variants (e.g. ``lma_k4``) get their base method's claims on
-    their own rows, when ``records`` has runs of them (or always, without ``records``).
+    A suite that names the methods it runs (``default_methods``, e.g. a detection suite)
+    is tested on their claims alone. A suite's variants (e.g. ``lma_k4``) get their base
+    method's claims on their own rows, when ``records`` has runs of them (or always, without
+    ``records``).
     """
-    from benchmarks.config import known_suites, load_suite
-    from benchmarks.registry import METHODS, known
-    from detection.suite import DETECTION_CLAIMS, known_detection_suites
+    from kdbench.benchmarks.config import known_suites, load_suite
+    from kdbench.benchmarks.registry import METHODS, known
 
-    if suite in known_detection_suites():
-        return dict(DETECTION_CLAIMS)
-    out = {name: tuple(getattr(METHODS.get(name), "claims", ())) for name in known(METHODS)}
+    config = load_suite(suite) if suite in known_suites() else None  # imports its task
+    names = known(METHODS)
+    if config is not None:
+        if config.default_methods:
+            names = [n for n in names if n in config.default_methods]
+        names = [n for n in names if _runs_on(config, n)]
+    out = {name: tuple(getattr(METHODS.get(name), "claims", ())) for name in names}
     out = {name: claims for name, claims in out.items() if claims}
-    if suite in known_suites():
+    if config is not None:
         ran = None if records is None else {r["method"].partition(":")[0] for r in records}
-        for name, variant in load_suite(suite).variants.items():
+        for name, variant in config.variants.items():
             if variant.method in out and (ran is None or name in ran):
                 out[name] = tuple(c.renamed(variant.method, name) for c in out[variant.method])
     return out
+
+
+def _runs_on(suite: Any, name: str) -> bool:
+    """Whether method ``name`` supports a pair of some budget of ``suite`` (its ``supports``
+    decides; e.g. a detection method on a classification suite does not)."""
+    from kdbench.benchmarks.planning import build_method
+
+    for budget in suite.budgets.values():
+        try:
+            method = build_method(suite, budget, name, {})
+        except Exception:  # a config this budget rejects: the claim is still the method's
+            return True
+        if any(method.supports(pair) is None for pair in budget.pairs):
+            return True
+    return False
 
 
 # ---- evaluation -------------------------------------------------------------------------
@@ -162,7 +179,7 @@ def _runs(records: list[Mapping[str, Any]]) -> pd.DataFrame:
     """runs_frame plus each run's teacher figures (``teacher:<metric>`` columns)."""
     import pandas as pd
 
-    from benchmarks.results import runs_frame
+    from kdbench.benchmarks.board import runs_frame
 
     runs = runs_frame(records)
     if runs.empty:
@@ -217,7 +234,7 @@ def verdict(claim: Claim, n_row: int, n_beats: int, lo: float, hi: float) -> str
 
 def evaluate_claim(claim: Claim, pair_runs: pd.DataFrame) -> dict[str, Any]:
     """Test ``claim`` on the runs of one pair (one suite, budget and data source)."""
-    from benchmarks.stats import welch_diff
+    from kdbench.benchmarks.stats import welch_diff
 
     def rows(name: str, deploy: str) -> pd.DataFrame:
         return pair_runs[(pair_runs["method"] == name) & (pair_runs["deploy"] == deploy)]
@@ -292,7 +309,7 @@ def claims_frame(records: Iterable[Mapping[str, Any]],
 # ---- output -----------------------------------------------------------------------------
 def claims_paths(results_dir: Path, suite: str, budget: str) -> tuple[Path, Path]:
     """results/leaderboard/<suite>_<budget>_claims.csv and .md, next to the board's CSV."""
-    from benchmarks.results import leaderboard_path
+    from kdbench.benchmarks.board import leaderboard_path
 
     board = leaderboard_path(results_dir, suite, budget)
     stem = f"{board.stem}_claims"
@@ -375,30 +392,12 @@ def markdown(frame: pd.DataFrame, suite: str, budget: str, heading: str = "##") 
     return "\n\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """A reader sees the previous file or the new one, never part of one."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise KdbenchError(f"cannot write {path}: {exc.strerror or exc}; the results "
-                           "directory must be writable and have free space") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_claims(frame: pd.DataFrame, results_dir: Path, suite: str,
                  budget: str) -> tuple[Path, Path]:
     """Write the claims CSV and markdown next to the leaderboard CSV (atomically)."""
     csv, md = claims_paths(results_dir, suite, budget)
-    _write_atomic(csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
-    text = markdown(frame, suite, budget)
-    _write_atomic(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_via(csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    write_text(markdown(frame, suite, budget), md)
     return csv, md
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import logging
 import math
 import signal
@@ -20,75 +18,27 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.panel import Panel
 
-from benchmarks.config import BUDGETS, SuiteConfig, known_suites, load_suite
-from benchmarks.errors import ConfigError, KdbenchError, RunsFailedError
-from benchmarks.mlflow_log import DEFAULT_URI as MLFLOW_DEFAULT_URI
-from benchmarks.registry import DATASETS, METHODS, MODELS, known
-from benchmarks.regress import REGRESS_SUITES
-from benchmarks.sweep import add_parser as add_sweep_parser
-from benchmarks.sweep import cmd_sweep
-from benchmarks.teachers import default_cache_dir
+from kdbench.benchmarks.config import BUDGETS, known_suites, load_suite
+from kdbench.benchmarks.console import console, log_width, show_leaderboard
+from kdbench.benchmarks.errors import ConfigError, KdbenchError, RunsFailedError
+from kdbench.benchmarks.mlflow_log import DEFAULT_URI as MLFLOW_DEFAULT_URI
+from kdbench.benchmarks.options import (
+    add_run_options,
+    dataset_overrides_from,
+    parse_assignments,
+    parse_method_overrides,
+    parse_methods,
+    parse_seeds,
+    run_options_from,
+)
+from kdbench.benchmarks.registry import DATASETS, METHODS, MODELS, known
+from kdbench.benchmarks.sweep import add_parser as add_sweep_parser
+from kdbench.benchmarks.sweep import cmd_sweep
+from kdbench.benchmarks.teachers import default_cache_dir
 
-console = Console(stderr=True)
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    """``3`` means seeds 0,1,2; ``0,4,7`` means exactly those (``2,`` is seed 2 alone)."""
-    if text is None:
-        return None
-    try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-            if not seeds or any(s < 0 for s in seeds):
-                raise ValueError(text)
-            return seeds
-        n = int(text)
-    except ValueError as exc:
-        raise ConfigError(f"--seeds takes a count (3) or a list of seeds >= 0 (0,1,2; one "
-                          f"seed: 2,), got {text!r}") from exc
-    if n < 0:
-        raise ConfigError(f"--seeds must be a count >= 1 or a list of seeds >= 0, got {n}")
-    if n < 1:
-        raise ConfigError(f"--seeds as a count must be at least 1, got {n}; to run seed {n} "
-                          f"alone, give it as a list: --seeds {n},")
-    return list(range(n))
-
-
-def parse_methods(text: str | None) -> list[str] | None:
-    """``kd,scratch`` -> ["kd", "scratch"]; None (not given) means every method, but a list
-    with no names (``,``) is a mistake, not a request for everything."""
-    if text is None:
-        return None
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    if not methods:
-        raise ConfigError(f"--methods names no method ({text!r}); give names such as "
-                          "kd,scratch, or leave the flag out to run every method")
-    return methods
-
-
-def parse_assignments(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def parse_method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``--set kd.temperature=2`` -> {"kd": {"temperature": 2}}."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for key, raw in parse_assignments(items, "--set").items():
-        method, dot, field = key.partition(".")
-        if not dot:
-            raise ConfigError(f"--set takes METHOD.KEY=VALUE, got {key!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        overrides.setdefault(method, {})[field] = value
-    return overrides
+# Moved to benchmarks.options / benchmarks.console; importable from here as before.
+__all__ = ["console", "dataset_overrides_from", "log_width", "main", "parse_assignments",
+           "parse_method_overrides", "parse_methods", "parse_seeds", "show_leaderboard"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,46 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run methods on a suite and update its leaderboard")
-    run.add_argument("--suite", default="cifar100", help="suite name or config file")
-    run.add_argument("--methods", help="comma-separated method names (default: all)")
-    run.add_argument("--budget", default="smoke", choices=BUDGETS)
-    run.add_argument("--seeds", help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 "
-                     "alone); default: the budget's")
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    run.add_argument("--results-dir", type=Path, default=Path("results"))
-    run.add_argument("--cache-dir", type=Path, default=None,
-                     help="teacher cache and generated data (default: ~/.cache/kdbench)")
-    run.add_argument("--data-root", help="dataset root (overrides the suite's)")
-    run.add_argument("--no-download", action="store_true",
-                     help="never try to download the dataset")
-    run.add_argument("--no-synthetic-fallback", action="store_true",
-                     help="fail instead of running on generated data when no dataset is found")
-    run.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
-                     help="use your own teacher state_dict for an architecture")
-    run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                     help="override a method's config key")
-    run.add_argument("--force", action="store_true", help="re-run runs that have a record")
-    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue a killed run from its last epoch checkpoint (default); "
-                     "--no-resume starts it over")
-    run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    run.add_argument("--deploy", default="", metavar="TARGET[,TARGET]",
-                     help="also measure every method deployed as TARGET: int8 (torchao PT2E "
-                     "x86 quantization + torch.compile, timed against the compiled fp32 "
-                     "teacher), onnx / onnx-int8 (ONNX Runtime CPU, fp32 or statically "
-                     "quantized, timed against the teacher in ONNX Runtime); adds to the "
-                     "suite budget's `deploy`")
-    run.add_argument("--evaluators", default="", metavar="NAME[,NAME]",
-                     help="extra evaluators to run on every returned model besides the "
-                     "suite's, e.g. robust (PGD-20 robust accuracy)")
+    add_run_options(run)  # the options `kdbench sweep` takes too (benchmarks.options)
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--wide", action="store_true", help="print every leaderboard column")
-    run.add_argument("--tensorboard", action="store_true", help="write each run's training "
-                     "curves as TensorBoard event files under its artifacts folder")
-    run.add_argument("--mlflow", nargs="?", const=MLFLOW_DEFAULT_URI, metavar="URI",
-                     help="also log each finished run to MLflow (params: the resolved "
-                     f"method config; metrics: the record's figures); default URI "
-                     f"{MLFLOW_DEFAULT_URI}")
 
     board = sub.add_parser("leaderboard", help="aggregate run records into the leaderboard")
     board.add_argument("--suite", default="cifar100")
@@ -191,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     regress = sub.add_parser("regress", help="re-run the smoke suites and compare them with "
                              "results/baselines (exit 1 on a regression)")
-    regress.add_argument("--suites", default=",".join(REGRESS_SUITES))
+    regress.add_argument("--suites", default=None,
+                         help="comma-separated (default: the suites with a regress section)")
     regress.add_argument("--methods", default="", metavar="NAME[,NAME]",
                          help="only these methods' rows (default: all); with --update the "
                          "other rows of the baseline are kept")
@@ -222,37 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dataset_overrides_from(args: argparse.Namespace, suite: SuiteConfig) -> dict[str, Any]:
-    """The suite's dataset settings changed by --data-root/--no-download/--no-synthetic-fallback
-    (the last two only where the suite's dataset has such a setting)."""
-    overrides: dict[str, Any] = {}
-    if args.data_root:
-        from benchmarks.registry import DATASETS, lookup
-
-        kind = suite.dataset.get("type", "")
-        if "root" not in inspect.signature(lookup(DATASETS, kind)).parameters:
-            raise ConfigError(f"--data-root does not apply to suite {suite.name!r}: its dataset "
-                              f"{kind!r} is not read from a folder; leave the flag out")
-        overrides["root"] = args.data_root
-    if args.no_download and "download" in suite.dataset:
-        overrides["download"] = False
-    if args.no_synthetic_fallback and "synthetic_fallback" in suite.dataset:
-        overrides["synthetic_fallback"] = False
-    return overrides
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks import api
-    from benchmarks.results import duration_text, load_records
+    from kdbench.benchmarks import api
+    from kdbench.benchmarks.records import load_records
+    from kdbench.benchmarks.table import duration_text
 
     suite = load_suite(args.suite)
-    teacher_checkpoints = parse_assignments(args.teacher_ckpt, "--teacher-ckpt")
-    teachers = {p.teacher for p in suite.budget(args.budget).pairs}
-    unused = sorted(set(teacher_checkpoints) - teachers)
-    if unused:
-        raise ConfigError(f"--teacher-ckpt names {', '.join(unused)}, which no pair of suite "
-                          f"{suite.name!r} ({args.budget} budget) uses as teacher; its "
-                          f"teachers: {', '.join(sorted(teachers))}")
+    options, methods, seeds = run_options_from(args, suite)
 
     def announce(harness: Any, plan: Any) -> None:
         data = harness.data
@@ -268,18 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned: list[int] = []
     started = time.perf_counter()
     try:
-        result = api.run(
-            suite, parse_methods(args.methods), budget=args.budget,
-            seeds=parse_seeds(args.seeds), results_dir=args.results_dir,
-            cache_dir=args.cache_dir, force=args.force, on_plan=announce,
-            device=args.device, dataset_overrides=dataset_overrides_from(args, suite),
-            teacher_checkpoints=teacher_checkpoints,
-            method_overrides=parse_method_overrides(args.set),
-            measure_latency=not args.no_latency,
-            evaluators=[e.strip() for e in args.evaluators.split(",") if e.strip()],
-            deploy=[d.strip() for d in args.deploy.split(",") if d.strip()],
-            resume=args.resume, tensorboard=args.tensorboard, mlflow_uri=args.mlflow,
-        )
+        result = api.run(suite, methods, budget=args.budget, seeds=seeds, options=options,
+                         on_plan=announce)
     except RunsFailedError:
         # The runs that succeeded are on the board before the failures are reported.
         if _primary() and load_records(args.results_dir, suite.name, args.budget):
@@ -297,35 +177,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                             built=(result.board, result.leaderboard_csv))
 
 
-def show_leaderboard(suite: str, budget: str, results_dir: Path, csv: Path | None = None,
-                     metrics: tuple[str, ...] | None = None, wide: bool = False,
-                     built: tuple[Any, Path] | None = None) -> int:
-    """Aggregate, write and print; ``metrics``: extra table columns (default: the suite's);
-    ``wide``: every column (data, pair, labels, all speed-ups, notes); ``built``: a
-    (board, CSV path) just written, printed as it is."""
-    from benchmarks.results import rebuild_leaderboard, render_table
-
-    # Under a lock: concurrent runs/jobs rebuilding it at once never lose a record.
-    board, path = built or rebuild_leaderboard(results_dir, suite, budget, csv)
-    if metrics is None:
-        metrics = load_suite(suite).table_metrics if suite in known_suites() else ()
-    table = render_table(board, title=f"{suite} · {budget}", metrics=metrics, wide=wide)
-    out = Console() if sys.stdout.isatty() else Console(width=log_width(table, wide))
-    out.print(table)
-    console.print(f"leaderboard written to {path}")
-    return 0
-
-
-def log_width(table: Any, wide: bool) -> int:
-    """The width a log or pipe gets: the 100 columns the compact table fits; the wide table
-    as wide as its columns need (every deploy track's speed-ups), up to 400, so that no
-    column is squeezed to a few letters."""
-    if not wide:
-        return 100
-    natural = Console(width=10_000).measure(table).maximum
-    return min(max(natural, 200), 400)
-
-
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     runs = Path(args.results_dir) / "runs" / args.suite
     if args.suite not in known_suites() and not runs.is_dir():
@@ -339,8 +190,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from benchmarks.results import load_records, runs_frame
-    from benchmarks.stats import summarize, welch_p
+    from kdbench.benchmarks.board import runs_frame
+    from kdbench.benchmarks.records import load_records
+    from kdbench.benchmarks.stats import summarize, welch_p
 
     runs = runs_frame(load_records(args.results_dir, args.suite, args.budget))
     if runs.empty:
@@ -371,8 +223,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from benchmarks.claims import claims_frame, declared_claims, render_claims, write_claims
-    from benchmarks.results import load_records
+    from kdbench.benchmarks.claims import claims_frame, declared_claims, render_claims, write_claims
+    from kdbench.benchmarks.records import load_records
 
     records = load_records(args.results_dir, args.suite, args.budget)
     if not records:
@@ -387,8 +239,8 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow(args: argparse.Namespace) -> int:
-    from benchmarks import mlflow_log
-    from benchmarks.results import record_paths
+    from kdbench.benchmarks import mlflow_log
+    from kdbench.benchmarks.records import record_paths
 
     found = record_paths(args.results_dir, args.suite, args.budget)
     if not found:
@@ -401,7 +253,7 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from benchmarks.export import export
+    from kdbench.benchmarks.export import export
 
     for path in export(args.results_dir, args.suite, args.budget, args.row, args.format,
                        args.out, seed=args.seed, pair=args.pair):
@@ -410,9 +262,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks.claims import claims_frame, declared_claims
-    from benchmarks.report import write_report
-    from benchmarks.results import leaderboard, load_records
+    from kdbench.benchmarks.board import leaderboard
+    from kdbench.benchmarks.claims import claims_frame, declared_claims
+    from kdbench.benchmarks.records import load_records
+    from kdbench.benchmarks.report import write_report
 
     records = load_records(args.results_dir, args.suite, args.budget)
     if not records:
@@ -437,8 +290,8 @@ def write_portable(board, out: Path, args: argparse.Namespace, dataset: str) -> 
     """``leaderboard.json`` or ``model-index.yaml`` into ``out`` (atomically)."""
     import json
 
-    from benchmarks.portable import board_document, model_index
-    from benchmarks.results import write_text_atomic
+    from kdbench.benchmarks.atomic import write_text
+    from kdbench.benchmarks.portable import board_document, model_index
 
     if args.format == "json":
         path = out / "leaderboard.json"
@@ -446,13 +299,13 @@ def write_portable(board, out: Path, args: argparse.Namespace, dataset: str) -> 
     else:
         path = out / "model-index.yaml"
         text = model_index(board, args.suite, args.budget, dataset)
-    write_text_atomic(text, path)
+    write_text(text, path)
     return path
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from benchmarks import isa
-    from benchmarks.regress import regress
+    from kdbench.benchmarks import isa
+    from kdbench.benchmarks.regress import regress
 
     # Training must see the pinned kernels from torch's import on: re-run in a child process.
     if not (args.reuse or args.no_isa_pin or isa.is_pinned()):
@@ -469,7 +322,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
                            f"dispatches to {isa.active_isa()}; this torch build or CPU cannot "
                            "run the baselines' kernels (try --no-isa-pin with baselines of "
                            "this machine's ISA)")
-    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    from kdbench.benchmarks.regress import gated_suites
+
+    suites = [s.strip() for s in (args.suites or ",".join(gated_suites())).split(",")
+              if s.strip()]
     for suite in suites:
         load_suite(suite)  # unknown names fail before anything runs
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
@@ -485,7 +341,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_new_method(args: argparse.Namespace) -> int:
-    from benchmarks.scaffold import new_method
+    from kdbench.benchmarks.scaffold import new_method
 
     for path in new_method(args.name, args.root):
         console.print(f"wrote {path}")
@@ -495,6 +351,9 @@ def cmd_new_method(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from kdbench.benchmarks.registry import load_task_packages
+
+    load_task_packages()  # every suite's task: its models, datasets and methods are listed
     names = {"methods": lambda: known(METHODS), "models": lambda: known(MODELS),
              "datasets": lambda: known(DATASETS), "suites": known_suites}[args.what]()
     print("\n".join(names))
@@ -533,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _primary() -> bool:
-    from benchmarks import distributed
+    from kdbench.benchmarks import distributed
 
     return distributed.current().primary
 

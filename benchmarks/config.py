@@ -7,16 +7,19 @@ key fails with a message naming it and listing the allowed keys.
 
 A field states its allowed values in its type, and the checker enforces them:
 ``Literal["cosine", "linear"]`` for a choice, ``Annotated[float, Interval(gt=0, le=1)]``
-(or ``Ge``/``Gt``/``Le``/``Lt``, from the ``annotated_types`` package) for a range. Only
-checks that relate several fields stay in a config's ``__post_init__``.
+(or ``Ge``/``Gt``/``Le``/``Lt``, from the ``annotated_types`` package) for a range. On a
+list or tuple field the bounds hold for every item, ``MinLen``/``MaxLen`` bound its length
+and ``Ascending`` its order. ``Positive``, ``Fraction``, ``Weight`` and ``Range`` below are
+short forms. Only checks that relate several fields stay in a config's ``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import annotated_types
 from mmengine.config import Config
 
-from benchmarks.errors import ConfigError, UnknownNameError
+from kdbench.benchmarks.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +74,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is typing.Annotated:
         base, *metadata = typing.get_args(hint)
         value = _coerce(value, base, where)
-        if value is not None:
+        if isinstance(value, (list, tuple)):  # bounds hold for every item
+            _check_length(value, metadata, where)
+            for i, item in enumerate(value):
+                _check_bounds(item, metadata, f"{where}[{i}]")
+            _check_order(value, metadata, where)
+        elif value is not None:
             _check_bounds(value, metadata, where)
         if any(isinstance(item, _RecipeKeys) for item in metadata):
             TrainRecipe().replace(**value, where=where)
@@ -105,6 +113,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: per position
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items; got {value!r}")
+            items = [_coerce(v, a, f"{where}[{i}]")
+                     for i, (v, a) in enumerate(zip(value, args, strict=True))]
+            return tuple(items)
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -145,6 +159,42 @@ def _check_bounds(value: Any, metadata: list[Any], where: str) -> None:
     else:
         wanted = f"{'<' if 'lt' in bounds else '<='} {high}"
     raise ConfigError(f"{where} must be {wanted}; got {value!r}")
+
+
+def _check_length(value: Sequence[Any], metadata: list[Any], where: str) -> None:
+    """Enforce ``annotated_types`` ``MinLen``/``MaxLen``/``Len`` on a list or tuple."""
+    low, high = 0, None
+    for item in metadata:
+        for bound in item if isinstance(item, annotated_types.GroupedMetadata) else [item]:
+            low = max(low, getattr(bound, "min_length", 0) or 0)
+            high = getattr(bound, "max_length", high)
+    if len(value) < low:
+        raise ConfigError(f"{where} must have at least {low} items; got {value!r}")
+    if high is not None and len(value) > high:
+        raise ConfigError(f"{where} must have at most {high} items; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Ascending:
+    """Marks a list or tuple field whose items must be in ascending order (``strict``: each
+    greater than the one before), e.g. ``Annotated[tuple[float, ...], Ascending(strict=True)]``."""
+
+    strict: bool = False
+
+
+def _check_order(value: Sequence[Any], metadata: list[Any], where: str) -> None:
+    for order in (m for m in metadata if isinstance(m, Ascending)):
+        if any(b < a or (order.strict and b == a) for a, b in itertools.pairwise(value)):
+            raise ConfigError(f"{where} must be {'strictly ' if order.strict else ''}"
+                              f"ascending; got {value!r}")
+
+
+# Short forms of common declarations.
+Positive = Annotated[int, annotated_types.Ge(1)]  # a count: 1 or more
+Fraction = Annotated[float, annotated_types.Interval(gt=0, le=1)]  # a share of a whole
+Weight = Annotated[float, annotated_types.Interval(ge=0, le=1)]  # a mixing weight
+# (low, high) with low <= high; bounds on the field apply to both ends.
+Range = Annotated[tuple[float, float], Ascending()]
 
 
 @dataclass(frozen=True)
@@ -190,8 +240,9 @@ class _RecipeKeys:
 
 
 # A method config field of changes to the budget's training recipe, e.g. its paper's own
-# schedule (``field(default_factory=lambda: dict(PAPER_RECIPE))``); ``{}`` trains with the
-# suite's, as the rows it is compared with. Keys and values are checked when loaded.
+# schedule (``field(default_factory=SCHEDULE.default)`` with a ``benchmarks.method.
+# PaperSchedule``); ``{}`` trains with the suite's, as the rows it is compared with. Keys and
+# values are checked when loaded.
 RecipeChanges = Annotated[dict[str, Any], _RecipeKeys()]
 
 
@@ -295,6 +346,20 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class RegressGate:
+    """A suite's part in the regression gate (``kdbench regress``, ``nox -s regress``): the
+    suites that have this section are the gated ones, compared with their smoke baselines."""
+
+    # The methods the gate runs and compares; None: those the suite runs by default.
+    methods: tuple[str, ...] | None = None
+    # Overrides of the suite's dataset section for the gate's runs. ``{cache_dir}`` in a
+    # string stands for the gate's cache folder (e.g. a root where no real data lies).
+    dataset: dict[str, Any] = field(default_factory=dict)
+    # Also write the claims table of the gate's smoke runs (a report, not a gate).
+    claims: bool = False
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     name: str
     dataset: dict[str, Any]
@@ -311,6 +376,14 @@ class SuiteConfig:
     table_metrics: tuple[str, ...] = ()  # further metrics shown in the terminal table (mAP, ...)
     evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per evaluator
     variants: dict[str, Variant] = field(default_factory=dict)  # name -> method + config
+    # Task packages to import before the suite's models, datasets and evaluators are looked
+    # up (they register them on import), e.g. ("kdbench.reid",).
+    imports: tuple[str, ...] = ()
+    # The methods (or variants) run when none are named; () runs every registered method
+    # and the budget's variants.
+    default_methods: tuple[str, ...] = ()
+    # Its part in the regression gate; None: not gated.
+    regress: RegressGate | None = None
 
     def budget(self, name: str) -> Budget:
         if name not in self.budgets:
@@ -331,12 +404,20 @@ def load_suite(name_or_path: str) -> SuiteConfig:
         path = SUITES_DIR / f"{name_or_path}.py"
     elif not path.is_file():
         raise ConfigError(f"suite config {path} does not exist")
+    suite = suite_from_dict(raw_suite(path), where=str(path))
+    from kdbench.benchmarks.registry import import_task_packages
+
+    import_task_packages(suite.imports, where=f"{path} (imports)")
+    return suite
+
+
+def raw_suite(path: Path) -> dict[str, Any]:
+    """A suite file's settings as a plain dict (its ``_base_`` files merged in)."""
     try:
-        raw = Config.fromfile(str(path)).to_dict()
+        return Config.fromfile(str(path)).to_dict()
     except SyntaxError as exc:
         raise ConfigError(f"suite file {path} is not valid Python: {exc.msg} (line {exc.lineno})"
                           ) from exc
-    return suite_from_dict(raw, where=str(path))
 
 
 def suite_from_dict(raw: Mapping[str, Any], where: str = "suite") -> SuiteConfig:

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.config import load_suite
-from benchmarks.data import write_cifar100
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.results import RunRecord
-from benchmarks.runner import Harness
-from benchmarks.teachers import sha256_file
+from kdbench.benchmarks.config import load_suite
+from kdbench.benchmarks.data import write_cifar100
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.options import RunOptions
+from kdbench.benchmarks.records import RunRecord
+from kdbench.benchmarks.runner import Harness
+from kdbench.benchmarks.teachers import sha256_file
 
 REQUIRED_FIELDS = {f.name for f in dataclasses.fields(RunRecord)}
 
@@ -58,13 +59,13 @@ def check_contract(method: str, workdir: Path | str, *, cache_dir: Path | str | 
     Returns the records; raises ``ContractViolation`` naming each problem found.
     """
     workdir = Path(workdir)
-    harness = RecordingHarness(
-        load_suite("cifar100"), "smoke", results_dir=workdir / "results",
-        cache_dir=Path(cache_dir or workdir / "cache"),
+    harness = RecordingHarness(load_suite("cifar100"), "smoke", RunOptions(
+        results_dir=workdir / "results", cache_dir=Path(cache_dir or workdir / "cache"),
         dataset_overrides={"root": str(fixture_data(Path(data_root or workdir / "data"))),
                            "download": False, "synthetic_fallback": False},
-    )
-    paths = harness.run([method], seeds=[0], force=True)
+        force=True,
+    ))
+    paths = harness.run([method], seeds=[0])
     if not paths:
         raise ContractViolation(f"{method}: the run wrote no record")
     records = [json.loads(p.read_text()) for p in paths]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from benchmarks.errors import ConfigError, KdbenchError
+from kdbench.benchmarks.errors import ConfigError, KdbenchError
 
 # fp32: the eager model as returned (always measured); int8: torchao PT2E + torch.compile;
 # onnx / onnx-int8: ONNX Runtime on CPU (benchmarks.deploy_onnx)

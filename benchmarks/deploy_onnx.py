@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.deploy import MAX_BATCH, DeployError
+from kdbench.benchmarks.deploy import MAX_BATCH, DeployError
 
 ONNX_TARGETS = ("onnx", "onnx-int8")
 QUANTIZER = ("onnxruntime quantize_static (QDQ; int8 per-channel symmetric weights, uint8 "

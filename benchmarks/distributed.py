@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -14,19 +14,19 @@ settings names a dataclass in its ``Config`` attribute; suites set them in
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
-from benchmarks.config import Budget, SuiteConfig, from_mapping
-from benchmarks.errors import ConfigError
-from benchmarks.measure.params import evaluating
-from benchmarks.method import RunContext
-from benchmarks.registry import EVALUATORS
+from kdbench.benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
+from kdbench.benchmarks.config import Budget, SuiteConfig, from_mapping
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure.params import evaluating
+from kdbench.benchmarks.method import RunContext
+from kdbench.benchmarks.registry import EVALUATORS, lookup
 
 
 @dataclass
@@ -101,3 +101,21 @@ def robust(model: nn.Module, ctx: RunContext) -> Evaluation:
 
 
 robust.Config = RobustConfig  # type: ignore[attr-defined]
+
+
+def run_evaluators(names: Sequence[str], model: nn.Module,
+                   ctx: RunContext) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Metrics of ``model`` and, per evaluator that reports them, the settings used."""
+    metrics: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
+    for name in names:
+        result = as_evaluation(lookup(EVALUATORS, name)(model, ctx))
+        metrics.update(result.metrics)
+        if result.details:
+            details[name] = result.details
+    return metrics, details
+
+
+def evaluate_all(names: Sequence[str], model: nn.Module, ctx: RunContext) -> dict[str, float]:
+    """Metrics of ``model`` from each named evaluator (registered in ``EVALUATORS``)."""
+    return run_evaluators(names, model, ctx)[0]

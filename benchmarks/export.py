@@ -11,10 +11,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from benchmarks.artifacts import PROGRAM, WEIGHTS, verified
-from benchmarks.errors import ConfigError, KdbenchError
-from benchmarks.portable import model_index
-from benchmarks.results import leaderboard, load_records, write_text_atomic
+from kdbench.benchmarks.artifacts import PROGRAM, WEIGHTS, verified
+from kdbench.benchmarks.atomic import write_text
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.errors import ConfigError, KdbenchError
+from kdbench.benchmarks.portable import model_index
+from kdbench.benchmarks.records import load_records
 
 FORMATS = ("pt2", "onnx", "safetensors")
 
@@ -126,6 +128,6 @@ def export(results_dir: Path, suite: str, budget: str, row: str, fmt: str, out: 
         raise KdbenchError(f"{card} exists; export into an empty folder (nothing was "
                            "overwritten)")
     file = export_run(run, fmt, out, results_dir)
-    write_text_atomic(model_card(run, runs, fmt, file), card)
+    write_text(model_card(run, runs, fmt, file), card)
     return [file, card]
 

@@ -58,7 +58,7 @@ def cannot_pin(machine: str | None = None, cpu_flags: set[str] | None = None) ->
 
 def pinned_command(argv: Sequence[str]) -> list[str]:
     """The command that re-runs ``kdbench ARGV`` in a fresh interpreter."""
-    return [sys.executable, "-m", "benchmarks.cli", *argv]
+    return [sys.executable, "-m", "kdbench.benchmarks.cli", *argv]
 
 
 def active_isa() -> str:

@@ -10,7 +10,7 @@ import abc
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,13 +18,20 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmarks import distributed
-from benchmarks.claims import Claim
-from benchmarks.config import Budget, Pair, SuiteConfig, TrainRecipe, check_fields, from_mapping
-from benchmarks.data import BatchLoader, ImageDataset, ImageSplit
-from benchmarks.errors import ConfigError
-from benchmarks.registry import build_model
-from benchmarks.train import FitResult, FitState, ForwardFn, LossFn, evaluate, fit
+from kdbench.benchmarks import distributed
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import (
+    Budget,
+    Pair,
+    SuiteConfig,
+    TrainRecipe,
+    check_fields,
+    from_mapping,
+)
+from kdbench.benchmarks.data import BatchLoader, ImageDataset, ImageSplit
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.train import FitResult, FitState, ForwardFn, LossFn, evaluate, fit
 
 
 @dataclass
@@ -94,6 +101,30 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> Compressed:
         """Train/compress and return the deployable model."""
+
+
+# ---- structural checks in ``Method.supports`` --------------------------------------------
+# The class count and the input size do not change which layers a zoo model has (its
+# classifier's width aside), so ``supports`` builds and traces the model with these, unless
+# the model says otherwise.
+PROBE_CLASSES = 10
+DEFAULT_INPUT_SIZE = 32  # the zoo's CIFAR size: what a model without ``input_size`` takes
+
+
+def probe_model(arch: str) -> nn.Module:
+    """``arch`` freshly built on the CPU in eval mode, for a structural check in
+    ``Method.supports`` (which modules it has, whether it has ``stages()``, how it traces)."""
+    return build_model(arch, num_classes=PROBE_CLASSES).eval()
+
+
+def probe_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A random input that ``model`` accepts: as many channels as its first conv takes, and
+    the size it declares (``input_size``: an int or (H, W)), else ``DEFAULT_INPUT_SIZE``."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    size = getattr(model, "input_size", DEFAULT_INPUT_SIZE)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return torch.randn(batch, channels, height, width)
 
 
 class FrozenTeacher(nn.Module):
@@ -214,6 +245,16 @@ class RunContext:
             desc=f"{self.pair.label} seed{self.seed} {name}", progress=self.progress, **kwargs,
         )
 
+    def train_alone(self, model: nn.Module, name: str = "fit") -> None:
+        """Train ``model`` on its own, without a teacher, with the task's objective:
+        cross-entropy for image data, the task's own otherwise (``benchmarks.supervised``)."""
+        from kdbench.benchmarks.supervised import supervised
+
+        supervised(self.data).train_alone(
+            model, split=self.train_split, recipe=self.recipe, seed=self.seed,
+            device=self.device, checkpoint=self.workdir / f"{name}.ckpt",
+            desc=f"{self.pair.label} seed{self.seed} {name}", progress=self.progress)
+
     def evaluate(self, model: nn.Module, split: ImageSplit | None = None) -> dict[str, float]:
         """Top-1/top-5 (percent) on ``split`` (default: the test split)."""
         loader = self.loader(split or self.test_split, train=False)
@@ -228,6 +269,10 @@ def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_siz
     split evenly over the ranks (so a run trains on the same batches with any number of
     processes); evaluation shards are gathered by ``evaluate``.
     """
+    if not isinstance(data, ImageDataset):  # e.g. a classification method on detection data
+        raise ConfigError(f"this method trains and evaluates on image batches, but the suite's "
+                          f"dataset {getattr(data, 'name', '?')!r} is {type(data).__name__}: "
+                          "run it on an image suite, or use a method of this task")
     world = distributed.current()
     if world.distributed and train:
         if batch_size % world.world_size:
@@ -243,3 +288,27 @@ def make_loader(data: ImageDataset, split: ImageSplit, *, train: bool, batch_siz
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+
+
+@dataclass(frozen=True)
+class PaperSchedule:
+    """A method's own paper schedule: ``changes`` to the budget's training recipe.
+
+    The method's config carries them as a field ``recipe: RecipeChanges =
+    field(default_factory=SCHEDULE.default)``, so a budget that sets it to ``{}`` trains with
+    the suite's recipe, as the rows the method is compared with; ``apply`` gives the recipe a
+    run trains with and ``note``, the board's label of a run on another recipe than the suite's.
+    """
+
+    changes: Mapping[str, Any]
+    note: str
+
+    def default(self) -> dict[str, Any]:
+        return dict(self.changes)
+
+    def apply(self, ctx: RunContext,
+              changes: Mapping[str, Any]) -> tuple[TrainRecipe, list[str]]:
+        """The recipe ``changes`` (the config field's value) make of the budget's, and the
+        notes that say so: ``[note]`` when it is not the budget's recipe, else none."""
+        recipe = ctx.recipe.replace(**changes)
+        return recipe, ([] if recipe == ctx.recipe else [self.note])

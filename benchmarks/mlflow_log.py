@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from benchmarks.errors import ConfigError
-from benchmarks.results import runs_frame
+from kdbench.benchmarks.board import runs_frame
+from kdbench.benchmarks.errors import ConfigError
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 INSTALL_HINT = "pip install 'kdbench[mlflow]' (mlflow-skinny with SQLAlchemy and Alembic)"

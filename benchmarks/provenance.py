@@ -7,7 +7,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import benchmarks
+from kdbench import benchmarks
 
 
 @cache
@@ -26,7 +26,9 @@ def code_fingerprint(module_name: str) -> str:
     harness's loops, so an edit to any of them makes an older checkpoint unresumable.
     """
     module = sys.modules[module_name]
-    top = sys.modules[module_name.partition(".")[0]]
+    parts = module_name.split(".")
+    # kdbench's own packages are one level down (kdbench.methods); a plugin's is its top
+    top = sys.modules[".".join(parts[:2] if parts[0] == "kdbench" else parts[:1])]
     source = Path(getattr(top, "__file__", None) or module.__file__).parent
     harness = Path(benchmarks.__file__).parent
     return hashlib.sha256(

@@ -30,11 +30,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from benchmarks.errors import KdbenchError
-from benchmarks.results import leaderboard, load_records, runs_frame
+from kdbench.benchmarks.board import leaderboard, runs_frame
+from kdbench.benchmarks.errors import KdbenchError
+from kdbench.benchmarks.records import load_records
+
+if TYPE_CHECKING:
+    from kdbench.benchmarks.config import RegressGate
 
 ACC_Z = 3.0
 SPEEDUP_RTOL = 0.5  # without CIs in the baseline: a drop of more than half fails
@@ -220,44 +225,63 @@ def _fmt(value: float, signed: bool = False) -> str:
     return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
-# Regress always runs on the generated CIFAR-100 stand-in (and the bundled digits), so
-# every machine computes the same numbers whether or not it has the real dataset.
-REGRESS_SUITES = ("cifar100", "digits", "fashion-mnist")
-# The methods each suite's gate runs (absent: every registered method). The CIFAR-100 format
-# suite and real Fashion-MNIST track every method; digits tracks the baselines only, which
-# keeps the gate (and so CI) in minutes.
-REGRESS_METHODS: dict[str, tuple[str, ...]] = {"digits": ("teacher", "scratch", "kd")}
+# Which suites the gate runs, which methods each compares and on what data come from the
+# suites themselves: their ``regress`` section (``benchmarks.config.RegressGate``).
 REGRESS_THREADS = 2
+CACHE_DIR = "{cache_dir}"  # in a gate's dataset strings: the gate's cache folder
+
+
+def gated_suites() -> list[str]:
+    """The suites the gate runs by default: those with a ``regress`` section."""
+    from kdbench.benchmarks.config import SUITES_DIR, known_suites, raw_suite
+
+    # read from the files: finding the gated suites imports no suite's task package
+    return [name for name in known_suites()
+            if raw_suite(SUITES_DIR / f"{name}.py").get("regress") is not None]
+
+
+def gate_of(suite: str) -> RegressGate:
+    """The suite's ``regress`` section (a suite without one: run every method as it is)."""
+    from kdbench.benchmarks.config import RegressGate, load_suite
+
+    return load_suite(suite).regress or RegressGate()
 
 
 def dataset_overrides(suite: str, cache_dir: Path) -> dict:
-    if suite == "cifar100":
-        return {"root": str(Path(cache_dir) / "regress-uses-generated-data"),
-                "download": False, "synthetic_fallback": True}
-    return {}
+    """The suite's gate dataset overrides, ``{cache_dir}`` filled in with ``cache_dir``."""
+    def fill(value: Any) -> Any:
+        if not isinstance(value, str) or CACHE_DIR not in value:
+            return value
+        if value.startswith(f"{CACHE_DIR}/"):
+            return str(Path(cache_dir) / value[len(CACHE_DIR) + 1:])
+        return value.replace(CACHE_DIR, str(Path(cache_dir)))
+
+    return {key: fill(value) for key, value in gate_of(suite).dataset.items()}
 
 
 def run_smoke(suite: str, seeds: list[int], results_dir: Path, cache_dir: Path,
               methods: list[str] | None = None) -> None:
-    """Run ``methods`` (default: every registered method) on ``suite``'s smoke budget."""
+    """Run ``methods`` (default: the suite's default methods) on ``suite``'s smoke budget."""
     import torch
 
-    from benchmarks.config import load_suite
-    from benchmarks.isa import active_kernels
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.isa import active_kernels
+    from kdbench.benchmarks.options import RunOptions
+    from kdbench.benchmarks.runner import Harness
 
     torch.set_num_threads(REGRESS_THREADS)
     # Teachers of the gate's own ISA only: one a user's unpinned run cached is another model.
     teachers = Path(cache_dir) / f"regress-{active_kernels()}"
-    harness = Harness(load_suite(suite), "smoke", results_dir=results_dir, cache_dir=teachers,
-                      dataset_overrides=dataset_overrides(suite, cache_dir))
-    harness.run(methods, seeds, force=True)
+    harness = Harness(load_suite(suite), "smoke", RunOptions(
+        results_dir=results_dir, cache_dir=teachers,
+        dataset_overrides=dataset_overrides(suite, cache_dir), force=True))
+    harness.run(methods, seeds)
 
 
 def gate_methods(suite: str, methods: list[str] | None) -> list[str] | None:
     """The methods to run and compare on ``suite``: ``methods`` (None: all) within the
-    suite's gated set (``REGRESS_METHODS``); [] when none of them is gated there."""
-    allowed = REGRESS_METHODS.get(suite)
+    suite's gated set (its ``regress.methods``); [] when none of them is gated there."""
+    allowed = gate_of(suite).methods
     if allowed is None:
         return methods
     return list(allowed) if methods is None else [m for m in methods if m in allowed]
@@ -285,7 +309,7 @@ def regress(suites: list[str], baselines_dir: Path, results_dir: Path, cache_dir
         suite_methods = gate_methods(suite, methods)
         if suite_methods == []:
             reports.append(f"### {suite}\n\nnone of {', '.join(methods or [])} is gated on "
-                           f"{suite} (it gates {', '.join(REGRESS_METHODS[suite])})\n")
+                           f"{suite} (it gates {', '.join(gate_of(suite).methods or ())})\n")
             continue
         if not reuse:
             run_smoke(suite, [0, 1, 2] if update else [0], results_dir, cache_dir,

@@ -22,9 +22,9 @@ from jinja2 import Environment
 from markupsafe import Markup
 from matplotlib.ticker import EngFormatter, NullFormatter
 
-from benchmarks import claims as claim_tables
-from benchmarks.errors import KdbenchError
-from benchmarks.results import speedup_cell
+from kdbench.benchmarks import claims as claim_tables
+from kdbench.benchmarks.errors import KdbenchError
+from kdbench.benchmarks.table import speedup_cell
 
 PAIR = ["teacher", "student"]
 SYNTHETIC_LABEL = "SYNTHETIC data (generated stand-in): not comparable with dataset numbers"

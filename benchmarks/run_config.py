@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any
 
-from benchmarks.config import Budget, SuiteConfig
+from kdbench.benchmarks.config import Budget, SuiteConfig
 
 HASH_CHARS = 16
 # Budget fields that say how many runs to make or where, not what a run computes.
@@ -24,6 +24,9 @@ _NOT_RESULT = ("seeds", "resources", "name")
 # Per-method settings (a budget's or suite's ``methods``, ``variants``): the run's own are in
 # its resolved method config; another method's never change this run's result.
 _PER_METHOD = ("methods", "variants")
+# Suite fields that say which runs are made, where a task's code lives and what the
+# regression gate does, not what a run computes.
+_NOT_RESULT_SUITE = ("imports", "default_methods", "regress")
 
 
 def _canonical(value: Any) -> str:
@@ -34,7 +37,7 @@ def run_config(suite: SuiteConfig, budget: Budget, method_config: dict[str, Any]
                data_fingerprint: str, teacher_sha256: str, deploy: str) -> dict[str, Any]:
     """What determines a run's result, as plain data (hashed by ``config_hash``)."""
     suite_values = {k: v for k, v in dataclasses.asdict(suite).items()
-                    if k not in ("budgets", *_PER_METHOD)}
+                    if k not in ("budgets", *_PER_METHOD, *_NOT_RESULT_SUITE)}
     budget_values = {k: v for k, v in dataclasses.asdict(budget).items()
                      if k not in (*_NOT_RESULT, *_PER_METHOD)}
     return {"suite": suite_values, "budget": {"name": budget.name, **budget_values},

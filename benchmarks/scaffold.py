@@ -11,8 +11,8 @@ import keyword
 import re
 from pathlib import Path
 
-from benchmarks.errors import ConfigError
-from benchmarks.registry import METHODS, known
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import METHODS, known
 
 METHOD_TEMPLATE = '''"""{title}: one-line summary of the method and the paper it follows."""
 
@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmarks.method import Compressed, Method, RunContext
-from benchmarks.registry import METHODS
-from methods.common import kd_kl
+from kdbench import METHODS, Compressed, Method, RunContext
+from kdbench.methods.common import kd_kl
 
 
 @METHODS.register_module("{name}")
@@ -65,7 +64,7 @@ class {cls}(Method):
 
 TEST_TEMPLATE = '''"""Tests of the {name} method plugin."""
 
-from benchmarks.contract import check_contract
+from kdbench import check_contract
 
 
 def test_{name}_honours_the_plugin_contract(tmp_path):

@@ -25,9 +25,12 @@ from typing import Any
 
 import submitit
 
-from benchmarks.config import BUDGETS, Pair, Resources, SuiteConfig, load_suite
-from benchmarks.errors import ConfigError, KdbenchError
-from benchmarks.results import duration_text, failure_path, record_path, write_json_atomic
+from kdbench.benchmarks.atomic import write_json
+from kdbench.benchmarks.config import Pair, Resources, SuiteConfig, load_suite
+from kdbench.benchmarks.errors import ConfigError, KdbenchError
+from kdbench.benchmarks.options import RunOptions, add_run_options, run_options_from
+from kdbench.benchmarks.records import failure_path, record_path
+from kdbench.benchmarks.table import duration_text
 
 log = logging.getLogger("kdbench")
 
@@ -47,50 +50,51 @@ class SweepJob:
     teacher: str
     student: str
     seed: int
-    results_dir: str
-    cache_dir: str
-    device: str = "auto"
-    dataset_overrides: dict[str, Any] = field(default_factory=dict)
-    teacher_checkpoints: dict[str, str] = field(default_factory=dict)
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    measure_latency: bool = True
-    force: bool = False
-    resume: bool = True
-    # Training threads (torch.set_num_threads); None: PyTorch's default. Local jobs running side
-    # by side get an equal share of the cores, so they do not oversubscribe them.
-    threads: int | None = None
+    # How the run is carried out, as `kdbench run` would (results and cache folders: absolute,
+    # the job may start elsewhere). ``options.threads``: training threads; local jobs running
+    # side by side get an equal share of the cores, so they do not oversubscribe them.
+    options: RunOptions = field(default_factory=lambda: RunOptions(device="auto"))
 
     @property
     def label(self) -> str:
         return f"{self.method} {self.teacher}->{self.student} seed{self.seed}"
 
+    @property
+    def key(self) -> tuple:
+        return self.method, self.teacher, self.student, self.seed
+
+    def entry(self) -> dict[str, Any]:
+        """The job in the sweep manifest: its run and its options, as plain JSON values."""
+        options = {f.name: getattr(self.options, f.name)
+                   for f in dataclasses.fields(RunOptions)}
+        options.update(results_dir=str(self.options.results_dir),
+                       cache_dir=str(self.options.cache), evaluators=list(self.options.evaluators),
+                       deploy=list(self.options.deploy),
+                       dataset_overrides=dict(self.options.dataset_overrides),
+                       teacher_checkpoints=dict(self.options.teacher_checkpoints),
+                       method_overrides={k: dict(v) for k, v in
+                                         self.options.method_overrides.items()})
+        return {"suite": self.suite, "budget": self.budget, "method": self.method,
+                "teacher": self.teacher, "student": self.student, "seed": self.seed, **options}
+
 
 def run_job(job: SweepJob) -> list[str]:
     """Run one sweep job in this process; returns the record paths it wrote."""
-    from benchmarks.results import rebuild_leaderboard
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.board import rebuild_leaderboard
+    from kdbench.benchmarks.runner import Harness
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     _export_torch_distributed_env()
-    if job.threads is not None:
+    options = job.options.replace(progress=False)  # a job's log is a file, not a terminal
+    if options.threads is not None:
         import torch
 
-        torch.set_num_threads(job.threads)
+        torch.set_num_threads(options.threads)
     suite = load_suite(job.suite)
-    pair = Pair(job.teacher, job.student)
-    budget = suite.budget(job.budget)
-    # The harness runs every pair of its budget: give it a budget with this job's pair only.
-    suite = dataclasses.replace(suite, budgets={
-        **suite.budgets, job.budget: dataclasses.replace(budget, pairs=(pair,))})
-    harness = Harness(suite, job.budget, results_dir=Path(job.results_dir),
-                      cache_dir=Path(job.cache_dir), device=job.device,
-                      dataset_overrides=job.dataset_overrides,
-                      teacher_checkpoints=job.teacher_checkpoints,
-                      method_overrides=job.method_overrides,
-                      measure_latency=job.measure_latency, progress=False, resume=job.resume)
-    paths = harness.run([job.method], [job.seed], force=job.force)
+    harness = Harness(suite, job.budget, options)
+    paths = harness.run([job.method], [job.seed], pairs=[Pair(job.teacher, job.student)])
     if paths:
-        rebuild_leaderboard(Path(job.results_dir), suite.name, job.budget)
+        rebuild_leaderboard(options.results_dir, suite.name, job.budget)
     return [str(p) for p in paths]
 
 
@@ -122,7 +126,7 @@ class Sweep:
     budget: str
     executor: str
     folder: str  # submitit's logs and pickles
-    jobs: list[dict[str, Any]]  # SweepJob fields + record, job_id
+    jobs: list[dict[str, Any]]  # SweepJob.entry() + record, job_id
 
     @staticmethod
     def path(results_dir: Path, suite: str, budget: str) -> Path:
@@ -130,7 +134,7 @@ class Sweep:
 
     def save(self, results_dir: Path) -> Path:
         path = self.path(results_dir, self.suite, self.budget)
-        write_json_atomic(asdict(self), path)
+        write_json(asdict(self), path)
         return path
 
     @classmethod
@@ -148,18 +152,19 @@ class Sweep:
 
 
 def plan_jobs(suite: SuiteConfig, budget: str, methods: Sequence[str] | None,
-              seeds: Sequence[int] | None, common: dict[str, Any],
-              harness_kwargs: dict[str, Any]) -> tuple[list[SweepJob], list[Path], str]:
+              seeds: Sequence[int] | None, options: RunOptions, *,
+              suite_ref: str | None = None) -> tuple[list[SweepJob], list[Path], str]:
     """The jobs still to run (validated up front), their record paths and the data source.
 
-    Runs with a record are left out unless ``force``; pairs a method does not support are
-    skipped with the method's reason, as ``kdbench run`` does.
+    Each job runs with ``options``; ``suite_ref``: how a job loads the suite (a name or an
+    absolute config file path; default: ``suite.name``). Runs with a record are left out
+    unless ``options.force``; pairs a method does not support are skipped with the method's
+    reason, as ``kdbench run`` does.
     """
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.runner import Harness
 
-    harness = Harness(suite, budget, results_dir=Path(common["results_dir"]),
-                      cache_dir=Path(common["cache_dir"]), device="cpu", progress=False,
-                      **harness_kwargs)
+    # Planning here needs no accelerator: the jobs resolve options.device on their nodes.
+    harness = Harness(suite, budget, options.replace(device="cpu", progress=False))
     plan = harness.plan(methods, seeds)
     source = harness.data.data_source  # also: a missing dataset fails before submitting
     jobs, records = [], []
@@ -171,14 +176,15 @@ def plan_jobs(suite: SuiteConfig, budget: str, methods: Sequence[str] | None,
                 if reason:
                     log.warning("%s %s: skipped, %s", name, pair.label, reason)
                     continue
-                record = record_path(Path(common["results_dir"]), suite.name, budget, source,
+                record = record_path(options.results_dir, suite.name, budget, source,
                                      name, pair.teacher, pair.student, seed)
                 # As `kdbench run`: a record of another configuration (an edited suite, a
                 # --set) does not count as done.
-                if not common.get("force") and not harness.stale_records(method, pair, seed):
+                if not options.force and not harness.stale_records(method, pair, seed):
                     continue
-                jobs.append(SweepJob(budget=budget, method=name, teacher=pair.teacher,
-                                     student=pair.student, seed=seed, **common))
+                jobs.append(SweepJob(suite=suite_ref or suite.name, budget=budget, method=name,
+                                     teacher=pair.teacher, student=pair.student, seed=seed,
+                                     options=options))
                 records.append(record)
     return jobs, records, source
 
@@ -220,13 +226,13 @@ def submit(jobs: list[SweepJob], records: list[Path], *, executor_kind: str, fol
     sweep = _merged_manifest(results_dir, suite, budget, executor_kind, folder)
     entries = {_key(e): e for e in sweep.jobs}
     for job, record in zip(jobs, records, strict=True):
-        entries[_key(asdict(job))] = {**asdict(job), "record": str(record), "job_id": None}
+        entries[job.key] = {**job.entry(), "record": str(record), "job_id": None}
     sweep.jobs = list(entries.values())
     if executor_kind == "slurm":
         with executor.batch():  # one job array
             handles = [executor.submit(SweepRunner(), job) for job in jobs]
         for job, handle in zip(jobs, handles, strict=True):
-            entries[_key(asdict(job))]["job_id"] = handle.job_id
+            entries[job.key]["job_id"] = handle.job_id
         sweep.save(results_dir)
         log.info("submitted %d jobs as Slurm array %s; follow them with `kdbench sweep "
                  "--status --suite %s --budget %s`", len(handles),
@@ -235,9 +241,10 @@ def submit(jobs: list[SweepJob], records: list[Path], *, executor_kind: str, fol
             _collect(list(zip(jobs, handles, strict=True)))
         return sweep
     max_parallel = max(1, max_parallel)
-    threads = max(1, (os.cpu_count() or 1) // max_parallel)
-    _run_locally(executor, [dataclasses.replace(job, threads=threads) for job in jobs], entries,
-                 sweep, results_dir, max_parallel)
+    share = max(1, (os.cpu_count() or 1) // max_parallel)  # unless --threads says otherwise
+    _run_locally(executor, [dataclasses.replace(job, options=job.options.replace(
+                     threads=job.options.threads or share)) for job in jobs],
+                 entries, sweep, results_dir, max_parallel)
     return sweep
 
 
@@ -250,7 +257,7 @@ def _run_locally(executor: Any, jobs: list[SweepJob], entries: dict[tuple, dict[
             while queue and len(running) < max_parallel:
                 job = queue.pop(0)
                 handle = executor.submit(SweepRunner(), job)
-                entries[_key(asdict(job))]["job_id"] = handle.job_id
+                entries[job.key]["job_id"] = handle.job_id
                 sweep.save(results_dir)  # --status from another shell sees it running
                 log.info("started %s (local job %s)", job.label, handle.job_id)
                 running.append((job, handle))
@@ -260,7 +267,7 @@ def _run_locally(executor: Any, jobs: list[SweepJob], entries: dict[tuple, dict[
             if running:
                 time.sleep(0.5)
         log.info("%d local jobs, %d at a time (%d training threads each), in %s wall",
-                 len(jobs), max_parallel, jobs[0].threads if jobs else 0,
+                 len(jobs), max_parallel, jobs[0].options.threads if jobs else 0,
                  duration_text(time.perf_counter() - started))
     except KeyboardInterrupt:
         for _, handle in running:  # stop them too; their checkpoints make them resumable
@@ -356,30 +363,14 @@ def status(results_dir: Path, suite: str, budget: str) -> tuple[Counter, list[tu
 def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="run a suite as (method x pair x seed) jobs on a "
                            "Slurm cluster or as local processes (submitit)")
-    sweep.add_argument("--suite", default="cifar100", help="suite name or config file")
-    sweep.add_argument("--budget", default="smoke", choices=BUDGETS)
+    # The options of `kdbench run`, declared once (benchmarks.options); jobs resolve the
+    # device on their own node.
+    add_run_options(sweep, device="auto", device_help="cpu, cuda or auto (on each job's node)")
     sweep.add_argument("--executor", default="local", choices=EXECUTORS)
     sweep.add_argument("--status", action="store_true",
                        help="show the sweep's done / running / pending / failed jobs")
-    sweep.add_argument("--methods", help="comma-separated method names (default: all)")
-    sweep.add_argument("--seeds",
-                       help="number of seeds (3) or a list (0,1,2; '2,' is seed 2 alone)")
-    sweep.add_argument("--device", default="auto", help="cpu, cuda or auto (on each job's node)")
-    sweep.add_argument("--results-dir", type=Path, default=Path("results"))
-    sweep.add_argument("--cache-dir", type=Path, default=None,
-                       help="teacher cache shared by the jobs; on a cluster, a shared "
-                       "filesystem (default: ~/.cache/kdbench)")
     sweep.add_argument("--folder", type=Path, help="submitit logs and pickles "
                        "(default: RESULTS/sweeps/SUITE_BUDGET)")
-    sweep.add_argument("--data-root", help="dataset root (overrides the suite's)")
-    sweep.add_argument("--no-download", action="store_true")
-    sweep.add_argument("--no-synthetic-fallback", action="store_true")
-    sweep.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH")
-    sweep.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
-    sweep.add_argument("--force", action="store_true", help="re-run runs that have a record")
-    sweep.add_argument("--no-resume", action="store_true",
-                       help="start killed runs over instead of resuming their checkpoints")
-    sweep.add_argument("--no-latency", action="store_true")
     sweep.add_argument("--max-parallel", type=int, default=1,
                        help="local executor: jobs running at once")
     sweep.add_argument("--wait", action="store_true",
@@ -390,13 +381,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from benchmarks.cli import (
-        dataset_overrides_from,
-        parse_assignments,
-        parse_method_overrides,
-        parse_seeds,
-    )
-    from benchmarks.teachers import default_cache_dir
+    from kdbench.benchmarks.console import show_leaderboard
 
     suite = load_suite(args.suite)
     if args.status:
@@ -412,22 +397,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if args.max_parallel < 1:
         raise ConfigError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    overrides = dataset_overrides_from(args, suite)
-    cache_dir = (args.cache_dir or default_cache_dir()).resolve()
-    results_dir = args.results_dir.resolve()
-    teacher_ckpts = parse_assignments(args.teacher_ckpt, "--teacher-ckpt")
-    method_overrides = parse_method_overrides(args.set)
-    common = dict(suite=args.suite if Path(args.suite).suffix != ".py"
-                  else str(Path(args.suite).resolve()),
-                  results_dir=str(results_dir), cache_dir=str(cache_dir), device=args.device,
-                  dataset_overrides=overrides, teacher_checkpoints=teacher_ckpts,
-                  method_overrides=method_overrides, measure_latency=not args.no_latency,
-                  force=args.force, resume=not args.no_resume)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    jobs, records, source = plan_jobs(
-        suite, args.budget, methods, parse_seeds(args.seeds), common,
-        dict(dataset_overrides=overrides, teacher_checkpoints=teacher_ckpts,
-             method_overrides=method_overrides))
+    options, methods, seeds = run_options_from(args, suite)
+    # The jobs may start in another folder (or on another node): absolute paths.
+    options = options.replace(results_dir=options.results_dir.resolve(),
+                              cache_dir=options.cache.resolve())
+    results_dir = options.results_dir
+    suite_ref = (args.suite if Path(args.suite).suffix != ".py"
+                 else str(Path(args.suite).resolve()))
+    jobs, records, source = plan_jobs(suite, args.budget, methods, seeds, options,
+                                      suite_ref=suite_ref)
     folder = (args.folder or results_dir / "sweeps" / f"{suite.name}_{args.budget}").resolve()
     log.info("sweep %s · %s (%s data): %d jobs to run on %s", suite.name, args.budget, source,
              len(jobs), args.executor)
@@ -437,8 +415,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     counts, _ = status(results_dir, suite.name, args.budget)
     log.info("sweep status: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if args.executor == "local" or args.wait:
-        from benchmarks.cli import show_leaderboard
-
         if counts.get("done"):
             show_leaderboard(suite.name, args.budget, results_dir, metrics=suite.table_metrics)
         return 0 if not counts.get("failed") else 1

@@ -20,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +32,10 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
-from benchmarks import distributed
-from benchmarks.config import TrainRecipe
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks import distributed
+from kdbench.benchmarks.atomic import save_torch, write_json
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.errors import ConfigError
 
 log = logging.getLogger("kdbench")
 
@@ -48,9 +47,16 @@ class TeacherInfo:
     arch: str
     path: str
     sha256: str
-    top1: float
-    top5: float
+    scores: dict[str, float]  # the task's test scores (top1/top5, mAP, ...)
     source: str  # "trained" | "cache" | "user"
+
+    @property
+    def top1(self) -> float:
+        return self.scores["top1"]
+
+    @property
+    def top5(self) -> float:
+        return self.scores["top5"]
 
 
 def default_cache_dir() -> Path:
@@ -103,27 +109,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to ``path`` via a unique temp file; equal objects give equal bytes.
-
-    Saved to a named file, torch's zip archive takes the file's name as its root folder, so
-    a random temp name would make every save of the same weights a different sha256 (and a
-    teacher retrained bit for bit a different configuration). Serialised in memory, the
-    archive's root is always ``archive``.
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_state_dict(model: nn.Module, path: Path, arch: str) -> None:
@@ -193,7 +178,7 @@ class TeacherCache:
                 else:
                     train(model)
                     if distributed.current().primary:
-                        atomic_torch_save(model.state_dict(), path)
+                        save_torch(model.state_dict(), path)
                     distributed.barrier()  # the file exists before any rank hashes it
                     info = self._info(arch, path, model, evaluate, "trained", score_key)
                     if distributed.current().primary:
@@ -243,8 +228,8 @@ class TeacherCache:
             acc = evaluate(model)
             if score_key is not None and distributed.current().primary:
                 self._store_score(sha, score_key, acc)
-        return TeacherInfo(arch=arch, path=str(path), sha256=sha,
-                           top1=acc["top1"], top5=acc["top5"], source=source)
+        return TeacherInfo(arch=arch, path=str(path), sha256=sha, scores=dict(acc),
+                           source=source)
 
     def _score_file(self, sha: str, score_key: str) -> Path:
         name = hashlib.sha256(f"{sha}:{score_key}".encode()).hexdigest()[:32]
@@ -259,7 +244,9 @@ class TeacherCache:
             return None
         try:
             stored = json.loads(file.read_text())
-            acc = {"top1": float(stored["top1"]), "top5": float(stored["top5"])}
+            # {"scores": {...}}; a file from before other tasks' scores: top1/top5 alone
+            scores = stored.get("scores") or {k: stored[k] for k in ("top1", "top5")}
+            acc = {name: float(value) for name, value in scores.items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 f"the stored teacher score {file} is unreadable (a cache entry kdbench wrote): "
@@ -269,18 +256,11 @@ class TeacherCache:
         return acc
 
     def _store_score(self, sha: str, score_key: str, acc: dict[str, float]) -> None:
-        file = self._score_file(sha, score_key)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"sha256": sha, "score_key": score_key, "top1": acc["top1"],
-                       "top5": acc["top5"]}, f)
-        os.replace(tmp, file)
+        write_json({"sha256": sha, "score_key": score_key, "scores": dict(acc)},
+                   self._score_file(sha, score_key),
+                   indent=None, sort_keys=False)
 
     @staticmethod
     def _write_meta(path: Path, info: TeacherInfo) -> None:
         # For people browsing the cache; the harness reads the score from ``scores/``.
-        meta = path.with_suffix(".json")
-        tmp = meta.with_name(meta.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2))
-        os.replace(tmp, meta)
+        write_json(dataclasses.asdict(info), path.with_suffix(".json"), sort_keys=False)

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from benchmarks import curves, distributed
-from benchmarks.config import TrainRecipe
-from benchmarks.data import Batch, BatchLoader
-from benchmarks.errors import TrainingError
+from kdbench.benchmarks import curves, distributed
+from kdbench.benchmarks.atomic import UnwritableError, write_via
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.data import Batch, BatchLoader
+from kdbench.benchmarks.errors import TrainingError
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]
 LossFn = Callable[[Batch, Any], LossOutput]
@@ -300,24 +300,16 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch:
           step: int, outside: Sequence[torch.Tensor] = ()) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "epoch": epoch, "step": step, "outside": [p.detach() for p in outside]}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temp name: two processes saving into one folder never share a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a reader sees the previous checkpoint or this one, never half
-    except (OSError, RuntimeError) as exc:
+        # A reader sees the previous checkpoint or this one, never half.
+        write_via(path, lambda tmp: torch.save(state, tmp))
+    except (UnwritableError, RuntimeError) as exc:
         # Read-only or full disk (torch.save reports a full disk as a RuntimeError from its
         # zip writer): the previous checkpoint stays as it was.
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        why = exc.reason if isinstance(exc, UnwritableError) else str(exc)
         raise TrainingError(f"could not write checkpoint {path} ({why}); free space or make "
                             "the cache directory writable, then re-run to resume from the "
                             "previous checkpoint") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _resume(

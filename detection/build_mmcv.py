@@ -8,14 +8,15 @@ and C++20 instead of the ``-std=c++14/17`` that mmcv's setup.py hard-codes (torc
 headers need C++20): the compiler (and on CUDA builds nvcc) is called through a wrapper that
 rewrites that flag.
 
-    python -m detection.build_mmcv ensure        # install: cached wheel, else build (once)
-    python -m detection.build_mmcv build --force # (re)build the wheel into the cache
+    python -m kdbench.detection.build_mmcv ensure        # install: cached wheel, else build (once)
+    python -m kdbench.detection.build_mmcv build --force # (re)build the wheel into the cache
 
 Wheels are cached per Python/torch/variant in ``$KDBENCH_CACHE/wheels`` (default
 ``~/.cache/kdbench/wheels``). A prebuilt CPU wheel in ``--wheel-dir`` (default
-``../shared/wheels`` beside the project) is used when its Python tag and platform match and
-torch is the version it was built for. CUDA kernels are built when a CUDA device and nvcc are
-present (``--cuda``/``--cpu`` force either). Run it with the environment's own interpreter.
+``DEFAULT_WHEEL_DIR``, a local wheel cache folder beside the project checkout) is used when
+its Python tag and platform match and torch is the version it was built for. CUDA kernels
+are built when a CUDA device and nvcc are present (``--cuda``/``--cpu`` force either). Run it
+with the environment's own interpreter.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MMCV_VERSION = "2.1.0"
-# The torch the prebuilt wheel in ../shared/wheels was compiled against (README.md,
-# "Installing mmdet: mmcv with compiled ops").
+# The torch the prebuilt wheel in the local wheel cache folder (``DEFAULT_WHEEL_DIR``) was
+# compiled against (README.md, "Installing mmdet: mmcv with compiled ops").
 PREBUILT_TORCH = "2.14.1"
 # The build environment's tools, pinned (setuptools < 70: mmcv's setup.py needs pkg_resources).
 BUILD_TOOLS = ("setuptools==69.5.1", "wheel==0.45.1", "ninja==1.13.0")
@@ -91,7 +92,7 @@ def detect_target(cuda: bool | None = None) -> Target:
 
 
 def cache_dir() -> Path:
-    from benchmarks.teachers import default_cache_dir
+    from kdbench.benchmarks.teachers import default_cache_dir
 
     return default_cache_dir() / "wheels"
 
@@ -232,7 +233,7 @@ def ensure(target: Target, wheel_dirs: list[Path], jobs: int | None = None) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detection.build_mmcv",
+    parser = argparse.ArgumentParser(prog="python -m kdbench.detection.build_mmcv",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("ensure", "build"))

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.config import from_mapping
-from benchmarks.errors import ConfigError, DatasetError
-from benchmarks.teachers import sha256_file
-from detection.synthetic import SyntheticCocoSpec, write_synthetic_coco
+from kdbench.benchmarks.config import from_mapping
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.teachers import sha256_file
+from kdbench.detection.synthetic import SyntheticCocoSpec, write_synthetic_coco
 
 DATASET_TYPES = ("coco", "synthetic")
 

@@ -1,5 +1,8 @@
 """The distillation terms of ``ctkd`` (after Gao et al. 2021) on CenterNet's three maps.
 
+Gao et al., Transactions of the Institute of Measurement and Control 43(13):2888-2898, 2021
+(see ``detection/ctkd.py`` for how the terms are combined).
+
 All maps are at the head's resolution (stride 4): heatmaps ``(B, C, H, W)`` as pre-sigmoid
 logits, size/offset maps ``(B, 2, H, W)``, neck features ``(B, F, H, W)``. Normalisers follow
 mmdet's ``CenterNetHead.loss_by_feat``: ``avg_factor`` = number of positive heatmap cells for the
@@ -14,7 +17,7 @@ from mmdet.models.losses import l1_loss
 from mmdet.models.losses.gaussian_focal_loss import gaussian_focal_loss
 from torch import Tensor
 
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.errors import ConfigError
 
 # CenterNet's own clamp of sigmoid outputs; keeps a teacher cell from rounding to exactly 1 in
 # float32 (a logit above ~17 would), so that only retained ground-truth centres are positives.

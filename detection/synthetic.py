@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.errors import ConfigError
 
 # Bump when the generated pixels or annotations change, so cached sets are regenerated.
 GENERATOR_VERSION = 1

@@ -13,6 +13,9 @@ network is fine-tuned with the KD loss. Channels are ranked by what training mad
 |m| alone, which a short training leaves to the draw. Control row ``l1_finetune``: the same
 number of channels per coupling group kept by the L1 norm of the trained filters instead,
 then the same fine-tune.
+
+[R] marks kdbench's own choice where the patent gives none; see CONTRIBUTING.md, "Where a
+number comes from: [S], [P], [R]".
 """
 
 from __future__ import annotations
@@ -24,18 +27,24 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge, Interval
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.config import Pair
-from benchmarks.data import Batch, BatchLoader
-from benchmarks.errors import ConfigError
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS, build_model
-from benchmarks.train import FitState
-from methods.common import kd_kl
-from methods.common.channel_gates import (
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import Pair, Range
+from kdbench.benchmarks.data import Batch, BatchLoader
+from kdbench.benchmarks.method import (
+    Compressed,
+    FrozenTeacher,
+    Method,
+    RunContext,
+    probe_input,
+    probe_model,
+)
+from kdbench.benchmarks.registry import METHODS
+from kdbench.benchmarks.train import FitState
+from kdbench.methods.common import kd_kl
+from kdbench.methods.common.channel_gates import (
     channel_scores,
     close_relus,
     export_gated,
@@ -43,7 +52,7 @@ from methods.common.channel_gates import (
     insert_gates,
     open_relus,
 )
-from methods.common.features import capture, unit_hint_loss
+from kdbench.methods.common.features import capture, unit_hint_loss
 
 Target = Literal["teacher", "student"]
 Control = Literal["l1_finetune"]
@@ -169,7 +178,8 @@ class ChannelSelection(Method):
         ramp_fraction: float = 0.6  # [R] soft-cut fraction reaches 1 - keep_ratio after this share
         # [R] a group never drops below min(this, its width)
         min_channels: Annotated[int, Ge(1)] = 8
-        mask_init: tuple[float, float] = (0.9, 1.1)  # [R] coefficients drawn from U(low, high)
+        # [R] coefficients drawn from U(low, high), 0 < low <= high
+        mask_init: Annotated[Range, Gt(0)] = (0.9, 1.1)
         temperature: float = 4.0  # [R]
         ce_weight: float = 1.0
         alpha: float = 0.9  # [R] weight of the logits KD term
@@ -186,24 +196,18 @@ class ChannelSelection(Method):
         # student's initial filters carry no L1 ranking worth testing against
         controls: tuple[Control, ...] = CONTROLS
 
-        def __post_init__(self) -> None:
-            low, high = self.mask_init
-            if not 0.0 < low <= high:
-                raise ConfigError(f"channel_selection: mask_init must be (low, high) with "
-                                  f"0 < low <= high; got {self.mask_init}")
-
     # Two short selection epochs (cut ramp 0.15 -> 0.3), hard cut, one fine-tune epoch.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"epochs": 2, "finetune_epochs": 1, "finetune_lr": 0.02, "train_images": 512}}
 
     def supports(self, pair: Pair) -> str | None:
         arch = pair.teacher if self.cfg.target == "teacher" else pair.student
-        x = torch.randn(1, 3, 32, 32)
         try:
-            net = build_model(arch, num_classes=10).eval()
+            net = probe_model(arch)
+            x = probe_input(net)
             insert_gates(net, x, torch.ones)
             if self.cfg.target == "student":
-                teacher = build_model(pair.teacher, num_classes=10).eval()
+                teacher = probe_model(pair.teacher)
                 make_regressors(stage_shapes(net, x), stage_shapes(teacher, x))
         except ValueError as exc:
             return f"cannot gate the channels of {arch}: {exc}"

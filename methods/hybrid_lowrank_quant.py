@@ -9,6 +9,9 @@ recovers by the multi-layer teacher-student scheme: hint losses regress the teac
 maps at several depths (1×1 adapters where widths differ, dropped afterwards), then logit KD.
 INT8 of the whole network is the harness's deployment track (``deploy = ("int8",)``): the
 board shows the quantized model and, beside it, its fp32 factorised form.
+
+[R] marks kdbench's own choice where the thesis abstract gives none; see CONTRIBUTING.md,
+"Where a number comes from: [S], [P], [R]".
 """
 
 from __future__ import annotations
@@ -17,26 +20,25 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Interval
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.data import Batch, BatchLoader
-from benchmarks.errors import ConfigError
-from benchmarks.measure.params import evaluating
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS
-from benchmarks.train import FitState
-from methods.common import apply_masks, kd_kl, magnitude_masks, replace_modules
-from methods.common.features import capture
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import Fraction
+from kdbench.benchmarks.data import Batch, BatchLoader
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure.params import evaluating
+from kdbench.benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
+from kdbench.benchmarks.train import FitState
+from kdbench.methods.common import apply_masks, kd_kl, magnitude_masks, replace_modules
+from kdbench.methods.common.features import capture
 
 RankRule = Literal["energy", "macs"]
-RANK_RULES: tuple[RankRule, ...] = get_args(RankRule)
-Fraction = Annotated[float, Interval(gt=0, le=1)]
 FC_NOTE = "FC zeros are unstructured: no dense MACs/latency gain from them"
 
 
@@ -59,7 +61,7 @@ def conv_macs(c_in: int, c_out: int, kh: int, kw: int, out_hw: int) -> int:
 
 
 def choose_rank(singular_values: torch.Tensor, c_in: int, c_out: int, kh: int, kw: int, *,
-                rule: str, energy: float, macs_ratio: float) -> int | None:
+                rule: RankRule, energy: float, macs_ratio: float) -> int | None:
     """The rank for one layer, or None when no rank reduces its MACs.
 
     ``energy``: the fewest singular values keeping that fraction of ``Σσ²``. ``macs``: the
@@ -73,11 +75,9 @@ def choose_rank(singular_values: torch.Tensor, c_in: int, c_out: int, kh: int, k
         power = singular_values.double().pow(2)
         kept = power.cumsum(0) / power.sum()
         rank = int((kept < energy - 1e-12).sum()) + 1
-    elif rule == "macs":
+    else:  # macs
         cols = c_in * kh * kw
         rank = math.floor(macs_ratio * c_out * cols / (cols + c_out))
-    else:
-        raise ConfigError(f"rank rule must be one of {', '.join(RANK_RULES)}; got {rule!r}")
     rank = max(1, min(rank, len(singular_values)))
     return rank if rank <= limit else None
 
@@ -121,7 +121,7 @@ class LayerRank:
     macs_after: int
 
 
-def factorise_model(model: nn.Module, example: torch.Tensor, *, rule: str, energy: float,
+def factorise_model(model: nn.Module, example: torch.Tensor, *, rule: RankRule, energy: float,
                     macs_ratio: float, skip_first: bool) -> list[LayerRank]:
     """Replace every groups=1 conv the rule finds worth it; returns one entry per conv."""
     convs = [(n, m) for n, m in model.named_modules()

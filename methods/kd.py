@@ -1,4 +1,9 @@
-"""Hinton KD: the whole plugin."""
+"""Hinton KD: the whole plugin.
+
+Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep Learning
+workshop (arXiv 1503.02531, 2015); defaults and the claim from RepDistiller (Tian, Krishnan &
+Isola, ICLR 2020), see ``KD``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmarks.claims import Claim
-from benchmarks.method import Compressed, Method, RunContext
-from benchmarks.registry import METHODS
-from methods.common import kd_kl
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.method import Compressed, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
+from kdbench.methods.common import kd_kl
 
 
 @METHODS.register_module("kd")

@@ -18,23 +18,30 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Interval
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.config import Pair, RecipeChanges, TrainRecipe
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS, build_model
-from methods.common import kd_kl, replace_modules
-from methods.common.lma_activation import LMA, Implementation
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import Pair, RecipeChanges, TrainRecipe
+from kdbench.benchmarks.method import (
+    Compressed,
+    FrozenTeacher,
+    Method,
+    PaperSchedule,
+    RunContext,
+    probe_model,
+)
+from kdbench.benchmarks.registry import METHODS
+from kdbench.methods.common import kd_kl, replace_modules
+from kdbench.methods.common.lma_activation import LMA, Implementation, Momentum
 
 # main_wrn.py (CIFAR-100): SGD nesterov, momentum 0.9, lr 0.1, wd 5e-4, batch 128,
 # 200 epochs, lr x0.2 after epochs 60, 120 and 160.
-PAPER_RECIPE: dict[str, Any] = dict(
+PAPER_SCHEDULE = PaperSchedule(dict(
     epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="multistep", milestones=(60, 120, 160), gamma=0.2, warmup_epochs=0,
-)
+), note="trained with LMA's own schedule, not the suite's")
 
 
 def use_lma(model: nn.Module, num_segments: int, momentum: float = 0.99,
-            impl: str = "fused") -> int:
+            impl: Implementation = "fused") -> int:
     """Replace every ``nn.ReLU`` of ``model`` by a fresh LMA layer; returns how many."""
     return replace_modules(model, lambda m: isinstance(m, nn.ReLU),
                            lambda _name, _relu: LMA(num_segments, momentum, impl))
@@ -66,13 +73,13 @@ class LMAMethod(Method):
         temperature: Annotated[float, Gt(0)] = 2.0
         # weight of the KD term; CE gets 1 - kd_weight
         kd_weight: Annotated[float, Interval(ge=0, le=1)] = 0.7
-        momentum: float = 0.99  # of LMA's running mean/std
+        momentum: Momentum = 0.99  # of LMA's running mean/std
         impl: Implementation = "fused"  # same output either way; see lma_activation.py
         # Also train the same student with ReLU and the same loss: the paper's comparison,
         # returned as the control row "lma:relu".
         relu_control: bool = True
         # Changes to the budget's training recipe; default: the paper's CIFAR-100 schedule.
-        recipe: RecipeChanges = field(default_factory=lambda: dict(PAPER_RECIPE))
+        recipe: RecipeChanges = field(default_factory=PAPER_SCHEDULE.default)
 
     # Smaller budgets use the suite's recipe (comparable with the kd row) and, in smoke,
     # skip the ReLU control to stay cheap.
@@ -82,14 +89,14 @@ class LMAMethod(Method):
     }
 
     def supports(self, pair: Pair) -> str | None:
-        if not any(isinstance(m, nn.ReLU) for m in build_model(pair.student, 10).modules()):
+        if not any(isinstance(m, nn.ReLU) for m in probe_model(pair.student).modules()):
             return f"{pair.student} has no nn.ReLU modules to replace"
         return None
 
     def run(self, ctx: RunContext) -> Compressed:
         cfg = self.cfg
         teacher = ctx.teacher()
-        recipe = ctx.recipe.replace(**cfg.recipe)
+        recipe, schedule_notes = PAPER_SCHEDULE.apply(ctx, cfg.recipe)
         student = ctx.build_student()
         layers = use_lma(student, cfg.num_segments, cfg.momentum, cfg.impl)
         self._distil(ctx, student, teacher, recipe, "fit")
@@ -99,9 +106,7 @@ class LMAMethod(Method):
             self._distil(ctx, relu_student, teacher, recipe, "relu_control")
             controls["relu"] = Compressed(
                 model=relu_student, notes=["same student and KD loss as lma, ReLU kept"])
-        notes = [f"{layers} LMA layers, K={cfg.num_segments}"]
-        if recipe != ctx.recipe:
-            notes.append("trained with LMA's own schedule, not the suite's")
+        notes = [f"{layers} LMA layers, K={cfg.num_segments}", *schedule_notes]
         return Compressed(
             model=student, controls=controls, notes=notes,
             extras={"lma_layers": layers,

@@ -22,20 +22,20 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.config import Pair, RecipeChanges
-from benchmarks.data import BatchLoader
-from benchmarks.method import Compressed, Method, RunContext
-from benchmarks.registry import METHODS, build_model
-from benchmarks.train import FitState
-from methods.common import kd_kl
-from methods.common.branches import BranchSplit, BranchSplitError, split_at_stage
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import Pair, RecipeChanges
+from kdbench.benchmarks.data import BatchLoader
+from kdbench.benchmarks.method import Compressed, Method, PaperSchedule, RunContext, probe_model
+from kdbench.benchmarks.registry import METHODS
+from kdbench.benchmarks.train import FitState
+from kdbench.methods.common import kd_kl
+from kdbench.methods.common.branches import BranchSplit, BranchSplitError, split_at_stage
 
 # train_GL.py: SGD nesterov, momentum 0.9, lr 0.1, wd 5e-4, batch 128, 300 epochs, x0.1 at 150/225.
-PAPER_RECIPE: dict[str, Any] = dict(
+PAPER_SCHEDULE = PaperSchedule(dict(
     epochs=300, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="multistep", milestones=(150, 225), gamma=0.1, warmup_epochs=0,
-)
+), note="trained with OKDDip's own schedule; the scratch reference with the suite's")
 
 
 class PeerOutputs(NamedTuple):
@@ -199,7 +199,7 @@ class OKDDip(Method):
         detach_targets: bool = False
         branch_stage: int = -1  # the stage where branches start (the last one, as in the paper)
         # Changes to the budget's training recipe; default: the paper's schedule.
-        recipe: RecipeChanges = field(default_factory=lambda: dict(PAPER_RECIPE))
+        recipe: RecipeChanges = field(default_factory=PAPER_SCHEDULE.default)
 
     # Smaller budgets train on the suite's own recipe, like the scratch row they are
     # compared with; the ramp-up keeps the paper's share of training (80 of 300 epochs).
@@ -210,7 +210,7 @@ class OKDDip(Method):
 
     def supports(self, pair: Pair) -> str | None:
         try:
-            split_at_stage(build_model(pair.student, num_classes=10), self.cfg.branch_stage)
+            split_at_stage(probe_model(pair.student), self.cfg.branch_stage)
         except BranchSplitError as exc:
             return f"cannot branch {pair.student}: {exc}"
         return None
@@ -228,7 +228,7 @@ class OKDDip(Method):
             return okddip_loss(out, batch.y, cfg.temperature, cfg.alpha * tracker.weight,
                                cfg.detach_targets)
 
-        recipe = ctx.recipe.replace(**cfg.recipe)
+        recipe, notes = PAPER_SCHEDULE.apply(ctx, cfg.recipe)
         ctx.fit(net, loss, recipe=recipe, before_epoch=tracker.before_epoch,
                 after_epoch=tracker.after_epoch)
         # Diagnostics after training, never used for a decision (the leader is deployed
@@ -238,8 +238,6 @@ class OKDDip(Method):
                      "diversity %.4f", ", ".join(f"{a:.2f}" for a in scores["peer_top1_test"]),
                      scores["peer_ensemble_top1_test"], scores["leader_top1_test"],
                      scores["peer_diversity_test"])
-        notes = [] if recipe == ctx.recipe else [
-            "trained with OKDDip's own schedule; the scratch reference with the suite's"]
         return Compressed(
             model=leader,
             extras={**scores, "epochs": tracker.history,

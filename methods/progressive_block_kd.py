@@ -11,6 +11,10 @@ The 1x1 conv ends in BN + ReLU only when the teacher block's own output does (Re
 and stages, VGG blocks). Pre-activation teachers (WRN stages) and linear bottlenecks
 (MobileNetV2) emit negative values, so their students end linearly (conv-BN) and can match
 them; ``extras["block_outputs"]`` records the choice per block.
+
+Tags beside defaults and claims say whose number it is: [S] the Zhejiang Univ. patent (¶ marks
+are its own), [P] the IJCAI-18 paper, [P-3rd] a public reimplementation named in the comment,
+[R] kdbench's own choice; see CONTRIBUTING.md, "Where a number comes from: [S], [P], [R]".
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ import torch.nn.functional as F
 from annotated_types import Ge, Interval
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.config import Pair
-from benchmarks.data import Batch, BatchLoader
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS, build_model
-from methods.common import kd_kl
-from methods.common.blocks import Split, StudentBlock, block_inputs, block_names, thin_block
-from methods.common.bn import recalibrate_bn
-from methods.common.features import capture
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.config import Pair
+from kdbench.benchmarks.data import Batch, BatchLoader
+from kdbench.benchmarks.method import Compressed, FrozenTeacher, Method, RunContext, probe_model
+from kdbench.benchmarks.registry import METHODS
+from kdbench.methods.common import kd_kl
+from kdbench.methods.common.blocks import Split, StudentBlock, block_inputs, block_names, thin_block
+from kdbench.methods.common.bn import recalibrate_bn
+from kdbench.methods.common.features import capture
 
 
 class TrainOnly(nn.Module):
@@ -128,7 +132,7 @@ class ProgressiveBlockKD(Method):
 
     def supports(self, pair: Pair) -> str | None:
         try:
-            block_names(build_model(pair.teacher, num_classes=10), self.cfg.split)
+            block_names(probe_model(pair.teacher), self.cfg.split)
         except ValueError as exc:
             return f"cannot split teacher {pair.teacher} into blocks: {exc}"
         return None

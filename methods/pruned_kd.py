@@ -5,6 +5,9 @@ teacher is pruned; instead of fine-tuning the survivor (or re-training its struc
 scratch) it is distilled from the unpruned teacher. Both alternatives are emitted as control
 rows on the same pruned structure, so the board shows whether KD helped:
 ``pruned_kd`` (KD) vs ``pruned_kd:finetune`` (CE) vs ``pruned_kd:scratch_init`` (random init, CE).
+
+Tags beside defaults and claims: [S] stated in the paper's abstract, [R] kdbench's own choice
+where it gives none; see CONTRIBUTING.md, "Where a number comes from: [S], [P], [R]".
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import torch.nn.functional as F
 from annotated_types import Interval
 from torch import nn
 
-from benchmarks.claims import Claim
-from benchmarks.data import Batch, BatchLoader
-from benchmarks.measure.params import evaluating
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS
-from benchmarks.train import FitState
-from methods.common import (
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.data import Batch, BatchLoader
+from kdbench.benchmarks.measure.params import evaluating
+from kdbench.benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
+from kdbench.benchmarks.train import FitState
+from kdbench.methods.common import (
     apply_masks,
     classifier_of,
     kd_kl,
@@ -33,9 +36,9 @@ from methods.common import (
     magnitude_masks,
     recalibrate_bn,
 )
-from methods.common.features import attention_transfer_loss, capture
-from methods.common.pruning import PRUNABLE, uncoupled_layers
-from methods.common.reinit import he_init_
+from kdbench.methods.common.features import attention_transfer_loss, capture
+from kdbench.methods.common.pruning import PRUNABLE, uncoupled_layers
+from kdbench.methods.common.reinit import he_init_
 
 UNSTRUCTURED_NOTE = "unstructured: no dense MACs/latency gain (zeros folded into dense weights)"
 

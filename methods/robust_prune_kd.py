@@ -16,6 +16,10 @@ threshold to the target compression, and an adversarial KD fine-tune with the ze
 frozen; structured mode removes the zero channels physically first. A prox phase that
 empties a layer, or a result at chance where the unpruned network is not, is an error
 (``PruningCollapseError``), never a board row.
+
+Source: Lee & Lee, Applied Sciences 11(3):1093, 2021; its abstract is what the method follows. Tags
+beside defaults: [S] stated in that abstract, [R] kdbench's own choice where it gives none;
+see CONTRIBUTING.md, "Where a number comes from: [S], [P], [R]".
 """
 
 from __future__ import annotations
@@ -30,21 +34,21 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from torch import nn
 
-from benchmarks.attacks import PGDConfig, seeded_generator
-from benchmarks.claims import Claim
-from benchmarks.data import BatchLoader
-from benchmarks.errors import TrainingError
-from benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
-from benchmarks.registry import METHODS
-from benchmarks.teachers import TeacherInfo
-from benchmarks.train import FitState, lr_at
-from methods.common.adversarial import (
+from kdbench.benchmarks.attacks import PGDConfig, seeded_generator
+from kdbench.benchmarks.claims import Claim
+from kdbench.benchmarks.data import BatchLoader
+from kdbench.benchmarks.errors import TrainingError
+from kdbench.benchmarks.method import Compressed, FrozenTeacher, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
+from kdbench.benchmarks.teachers import TeacherInfo
+from kdbench.benchmarks.train import FitState, lr_at
+from kdbench.methods.common.adversarial import (
     AdversarialForward,
     adversarial_kd_loss,
     adversarial_teacher,
 )
-from methods.common.bn import recalibrate_bn
-from methods.common.proximal import (
+from kdbench.methods.common.bn import recalibrate_bn
+from kdbench.methods.common.proximal import (
     capped_threshold,
     group_scale,
     group_sparsity,
@@ -52,7 +56,7 @@ from methods.common.proximal import (
     prox_group_,
     prox_l1_,
 )
-from methods.common.pruning import (
+from kdbench.methods.common.pruning import (
     ChannelGroup,
     apply_masks,
     channel_groups,
@@ -122,7 +126,7 @@ class RobustPruneKD(Method):
     class Config:
         # "filter": group lasso, channels removed | "unstructured": ℓ1
         sparsity: Literal["filter", "bn_filter", "unstructured"] = "filter"
-        # Ye et al.'s example: 93.75 % of the weights pruned
+        # Ye et al. 2019's example (adversarial pruning by ADMM): 93.75 % of the weights pruned
         compression: Annotated[float, Gt(1)] = 16.0
         # None: calibrated to the schedule and the target (see the class docstring) [R];
         # a number: λ per halving [R], the prox uses lam·log2(compression)

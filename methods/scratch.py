@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from benchmarks.method import Compressed, Method, RunContext
-from benchmarks.registry import METHODS
+from kdbench.benchmarks.method import Compressed, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
 
 
 @METHODS.register_module("scratch")
 class Scratch(Method):
-    """Student architecture, random init, cross-entropy on the labels only."""
+    """Student architecture, random init, trained on the labels only (cross-entropy for image
+    data; a task with its own objective, e.g. detection, trains it its way)."""
 
     def run(self, ctx: RunContext) -> Compressed:
         student = ctx.build_student()
-        ctx.fit(student, lambda batch, logits: F.cross_entropy(logits, batch.y))
+        ctx.train_alone(student)
         return Compressed(model=student)

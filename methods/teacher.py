@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.method import Compressed, Method, RunContext
-from benchmarks.registry import METHODS
+from kdbench.benchmarks.method import Compressed, Method, RunContext
+from kdbench.benchmarks.registry import METHODS
 
 
 @METHODS.register_module("teacher")

@@ -11,6 +11,6 @@ A ReID model exposes ``embed(x)`` (retrieval features, what is deployed and meas
 ``forward(x)`` (identity logits, what training and KD use).
 """
 
-from reid import datasets, evaluation, models
+from kdbench.reid import datasets, evaluation, models
 
 __all__ = ["datasets", "evaluation", "models"]

@@ -23,12 +23,19 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from benchmarks.data.types import ImageDataset, ImageSplit
-from benchmarks.errors import ConfigError, DatasetError
-from benchmarks.registry import DATASETS
-from benchmarks.teachers import default_cache_dir
-from reid.fixtures import GENERATOR_VERSION, write_reid_dataset
-from reid.layout import DUKEMTMC_REID, JUNK_PID, MARKET1501, SPLIT_DIRS, SYNTHETIC_MARKER, Layout
+from kdbench.benchmarks.data.types import ImageDataset, ImageSplit
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.registry import DATASETS
+from kdbench.benchmarks.teachers import default_cache_dir
+from kdbench.reid.fixtures import GENERATOR_VERSION, write_reid_dataset
+from kdbench.reid.layout import (
+    DUKEMTMC_REID,
+    JUNK_PID,
+    MARKET1501,
+    SPLIT_DIRS,
+    SYNTHETIC_MARKER,
+    Layout,
+)
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as ReID backbones are ImageNet-initialised
 STD = (0.229, 0.224, 0.225)

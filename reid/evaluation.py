@@ -14,12 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks.data import BatchLoader, ImageSplit
-from benchmarks.errors import ConfigError
-from benchmarks.evaluators import Evaluation
-from benchmarks.method import RunContext
-from benchmarks.registry import EVALUATORS
-from reid.metrics import eval_market1501
+from kdbench.benchmarks.data import BatchLoader, ImageSplit
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.evaluators import Evaluation
+from kdbench.benchmarks.method import RunContext
+from kdbench.benchmarks.registry import EVALUATORS
+from kdbench.reid.metrics import eval_market1501
 
 RANKS = (1, 5, 10)
 MAX_RANK = 50

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.errors import ConfigError
-from reid.layout import (
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.reid.layout import (
     DISTRACTOR_PID,
     DUKEMTMC_REID,
     JUNK_PID,

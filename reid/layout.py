@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.errors import DatasetError
 
 # The harness's split names -> the folder of each split.
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.errors import DatasetError
 
 # Queries ranked per block: bounds the int64 work arrays to ~32 MB each on full Market-1501.
 _BLOCK_ENTRIES = 4_000_000

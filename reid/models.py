@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from benchmarks.errors import ConfigError
-from benchmarks.registry import MODELS
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import MODELS
 
 
 class ReIDResNet(nn.Module):

@@ -13,7 +13,7 @@ os.environ.setdefault("KDBENCH_PROGRESS", "0")  # no progress bars in test logs
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
     """A 500-train / 200-test CIFAR-100 directory written in the official pickle layout."""
-    from benchmarks.contract import fixture_data
+    from kdbench.benchmarks.contract import fixture_data
 
     return fixture_data(tmp_path_factory.mktemp("cifar"))
 
@@ -26,16 +26,18 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_harness(cifar_root, cache_dir, tmp_path):
-    """Build a Harness on the CIFAR-100 suite's smoke budget over the fixture data."""
-    from benchmarks.config import load_suite
-    from benchmarks.runner import Harness
+    """Build a Harness on the CIFAR-100 suite's smoke budget over the fixture data;
+    keyword arguments: ``budget`` and any :class:`RunOptions` field."""
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.options import RunOptions
+    from kdbench.benchmarks.runner import Harness
 
-    def make(**kwargs):
-        kwargs.setdefault("results_dir", tmp_path / "results")
-        kwargs.setdefault("cache_dir", cache_dir)
-        kwargs.setdefault("dataset_overrides", {"root": str(cifar_root), "download": False,
-                                                "synthetic_fallback": False})
-        return Harness(load_suite("cifar100"), kwargs.pop("budget", "smoke"), **kwargs)
+    def make(budget="smoke", **changes):
+        changes.setdefault("results_dir", tmp_path / "results")
+        changes.setdefault("cache_dir", cache_dir)
+        changes.setdefault("dataset_overrides", {"root": str(cifar_root), "download": False,
+                                                 "synthetic_fallback": False})
+        return Harness(load_suite("cifar100"), budget, RunOptions.of(**changes))
 
     return make
 
@@ -52,9 +54,9 @@ def make_context(cifar_root, tmp_path):
 
     import torch
 
-    from benchmarks.config import Pair, load_suite
-    from benchmarks.method import RunContext
-    from benchmarks.runner import load_dataset
+    from kdbench.benchmarks.config import Pair, load_suite
+    from kdbench.benchmarks.method import RunContext
+    from kdbench.benchmarks.runner import load_dataset
 
     suite = load_suite("cifar100")
     data = load_dataset(suite, {"root": str(cifar_root), "download": False,
@@ -76,7 +78,7 @@ def make_context(cifar_root, tmp_path):
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory) -> Path:
     """The detection suites' synthetic COCO set, small: 12 train / 6 val images of 128x128."""
-    from detection.synthetic import SyntheticCocoSpec, write_synthetic_coco
+    from kdbench.detection.synthetic import SyntheticCocoSpec, write_synthetic_coco
 
     root = tmp_path_factory.mktemp("synthetic-coco")
     return write_synthetic_coco(root, SyntheticCocoSpec(num_train=12, num_val=6, seed=0))

@@ -12,9 +12,9 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
-from detection.bench import load_config
-from detection.data import DetectionData, prepare_data
-from detection.suite import CONFIGS_DIR
+from kdbench.detection.data import DetectionData, prepare_data
+from kdbench.detection.mmdet_runner import load_config
+from kdbench.detection.models import CONFIGS_DIR
 
 register_all_modules(init_default_scope=True)
 

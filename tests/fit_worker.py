@@ -21,10 +21,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import distributed, train
-from benchmarks.config import TrainRecipe
-from benchmarks.data import ImageDataset, ImageSplit
-from benchmarks.method import make_loader
+from kdbench.benchmarks import distributed, train
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.data import ImageDataset, ImageSplit
+from kdbench.benchmarks.method import make_loader
 
 RECIPE = TrainRecipe(epochs=3, batch_size=32, lr=0.05, schedule="cosine", log_every=2,
                      eval_batch_size=50)

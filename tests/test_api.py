@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import kdbench
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.errors import ConfigError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -59,9 +59,9 @@ def test_run_returns_the_board_and_the_records_it_planned(example_run):
 
 
 def test_the_plugin_names_are_importable_from_kdbench():
-    from benchmarks.contract import check_contract
-    from benchmarks.method import Compressed, Method, RunContext
-    from benchmarks.registry import METHODS
+    from kdbench.benchmarks.contract import check_contract
+    from kdbench.benchmarks.method import Compressed, Method, RunContext
+    from kdbench.benchmarks.registry import METHODS
 
     assert (kdbench.Method, kdbench.RunContext, kdbench.Compressed, kdbench.METHODS,
             kdbench.check_contract) == (Method, RunContext, Compressed, METHODS, check_contract)

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
-from benchmarks.data import BatchLoader
-from benchmarks.errors import ConfigError
-from benchmarks.evaluators import RobustConfig, evaluator_config, robust
-from benchmarks.registry import EVALUATORS, lookup
-from benchmarks.results import leaderboard, load_records, render_table
+from kdbench.benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.data import BatchLoader
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.evaluators import RobustConfig, evaluator_config, robust
+from kdbench.benchmarks.records import load_records
+from kdbench.benchmarks.registry import EVALUATORS, lookup
+from kdbench.benchmarks.table import render_table
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 EPS = 8 / 255
@@ -45,7 +47,7 @@ def trained():
 
 def test_pixel_space_undoes_the_loader_normalisation():
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    from benchmarks.data import ImageSplit
+    from kdbench.benchmarks.data import ImageSplit
 
     loader = BatchLoader(ImageSplit(images, torch.zeros(6, dtype=torch.long)), 6, mean=MEAN,
                          std=STD, train=False)
@@ -116,7 +118,7 @@ def _suite_with_robust(ctx, **options):
 
 def test_robust_evaluator_on_a_fixed_subset_records_its_settings(make_context):
     torch.manual_seed(0)
-    from benchmarks.registry import build_model
+    from kdbench.benchmarks.registry import build_model
 
     model = build_model("resnet8", num_classes=100).eval()
     ctx = _suite_with_robust(make_context(model), n_images=20, steps=2)
@@ -138,7 +140,7 @@ def test_robust_evaluator_options_are_validated(make_context):
 
 
 def test_robust_accuracy_reaches_the_record_and_the_board(make_harness, monkeypatch, tmp_path):
-    from benchmarks.registry import build_model
+    from kdbench.benchmarks.registry import build_model
 
     ckpt = tmp_path / "resnet14.pt"  # a user checkpoint: no teacher training in this test
     torch.save(build_model("resnet14", num_classes=100).state_dict(), ckpt)
@@ -160,7 +162,7 @@ def test_robust_accuracy_reaches_the_record_and_the_board(make_harness, monkeypa
 
 
 def test_unknown_evaluator_fails_before_any_run(make_harness):
-    from benchmarks.errors import UnknownNameError
+    from kdbench.benchmarks.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match=r"unknown evaluator 'robustness'.*robust"):
         make_harness(evaluators=["robustness"]).plan(["teacher"], [0])

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.config import Pair
-from benchmarks.data import Batch
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from methods.channel_selection import (
+from kdbench.benchmarks.config import Pair
+from kdbench.benchmarks.data import Batch
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.channel_selection import (
     ChannelSelection,
     Selecting,
     channels_to_cut,
@@ -27,7 +27,7 @@ from methods.channel_selection import (
     soft_cut,
     stage_shapes,
 )
-from methods.common.channel_gates import (
+from kdbench.methods.common.channel_gates import (
     GatedBatchNorm,
     ReLUOpenAtZero,
     export_gated,
@@ -231,7 +231,7 @@ def test_without_training_the_cut_ignores_the_random_initial_coefficients(make_c
 
 
 def test_channel_scores_are_the_folded_scale_over_the_initial_draw():
-    from methods.common.channel_gates import channel_scores
+    from kdbench.methods.common.channel_gates import channel_scores
 
     model, coefficients = gated()
     initial = [c.detach().clone() for c in coefficients]
@@ -284,7 +284,7 @@ def test_l1_control_cuts_the_same_counts_by_filter_l1_and_fine_tunes_the_same(
 
 
 def test_l1_cut_keeps_the_largest_filters_of_each_coupling_group():
-    from methods.channel_selection import l1_magnitude_cut
+    from kdbench.methods.channel_selection import l1_magnitude_cut
 
     model, _ = gated(init=torch.ones)
     counts = {gates[0].source: max(1, c.numel() // 2) for c, gates in gate_groups(model)}

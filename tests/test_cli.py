@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main, parse_seeds
-from benchmarks.data.fixtures import corrupt_cifar100, write_cifar100
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.cli import main, parse_seeds
+from kdbench.benchmarks.data.fixtures import corrupt_cifar100, write_cifar100
+from kdbench.benchmarks.errors import ConfigError
 
 
 def run_cli(capsys, *args):
@@ -96,7 +96,8 @@ def test_seed_argument():
 @pytest.mark.slow
 def test_a_killed_run_leaves_no_record_and_resumes(cifar_root, cache_dir, tmp_path):
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "benchmarks.cli", "run", "--methods", "scratch", "--no-latency",
+    cmd = [sys.executable, "-m", "kdbench.benchmarks.cli", "run", "--methods", "scratch",
+           "--no-latency",
            "--data-root", str(cifar_root), "--no-download", "--no-synthetic-fallback",
            "--results-dir", str(results), "--cache-dir", str(cache_dir)]
     env = {**os.environ, "KDBENCH_PROGRESS": "0"}

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.data import ImageSplit
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.registry import build_model
-from methods.combine_net import (
+from kdbench.benchmarks.data import ImageSplit
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.combine_net import (
     CandidateScorer,
     CombineNet,
     choose_rate,
@@ -24,7 +24,7 @@ from methods.combine_net import (
     kneedle,
     lies_above_chord,
 )
-from methods.common.pruning import (
+from kdbench.methods.common.pruning import (
     analytic_macs,
     channel_groups,
     classifier_of,

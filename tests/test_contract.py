@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.contract import check_contract
-from benchmarks.registry import METHODS, known
+from kdbench.benchmarks.contract import check_contract
+from kdbench.benchmarks.registry import METHODS, known
 
 
 @pytest.mark.parametrize("method", known(METHODS))

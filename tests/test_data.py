@@ -17,20 +17,25 @@ import torch.nn.functional as F
 import torchvision.datasets.cifar as tv_cifar
 from sklearn.neighbors import NearestCentroid
 
-from benchmarks.data import cifar100 as cifar_mod
-from benchmarks.data.augment import crop_flip, normalize, normalize_coefficients, sample_crop_flip
-from benchmarks.data.cifar100 import URL, cifar100
-from benchmarks.data.digits import digits
-from benchmarks.data.fixtures import (
+from kdbench.benchmarks.data import cifar100 as cifar_mod
+from kdbench.benchmarks.data.augment import (
+    crop_flip,
+    normalize,
+    normalize_coefficients,
+    sample_crop_flip,
+)
+from kdbench.benchmarks.data.cifar100 import URL, cifar100
+from kdbench.benchmarks.data.digits import digits
+from kdbench.benchmarks.data.fixtures import (
     corrupt_cifar100,
     dump_py2_pickle,
     label_names,
     write_cifar100,
 )
-from benchmarks.data.loader import BatchLoader
-from benchmarks.data.types import ImageSplit
-from benchmarks.errors import ConfigError, DatasetError
-from benchmarks.registry import DATASETS, lookup
+from kdbench.benchmarks.data.loader import BatchLoader
+from kdbench.benchmarks.data.types import ImageSplit
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.registry import DATASETS, lookup
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

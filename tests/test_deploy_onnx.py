@@ -8,11 +8,11 @@ import pytest
 import torch
 from test_record_configuration import TINY_SUITE
 
-from benchmarks.cli import main
-from benchmarks.deploy import DeployError
-from benchmarks.deploy_onnx import OrtProgram, export_onnx
-from benchmarks.registry import build_model
-from benchmarks.results import load_records
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.deploy import DeployError
+from kdbench.benchmarks.deploy_onnx import OrtProgram, export_onnx
+from kdbench.benchmarks.records import load_records
+from kdbench.benchmarks.registry import build_model
 
 TIMED_SUITE = TINY_SUITE.replace(
     "latency=dict(enabled=False)",
@@ -48,12 +48,12 @@ def test_onnx_and_onnx_int8_rows_are_evaluated_and_timed_in_onnxruntime(tmp_path
 
 
 def test_a_failed_onnx_export_is_a_recorded_status_not_a_fallback(tmp_path, monkeypatch):
-    from benchmarks import runner
+    from kdbench.benchmarks import deployed
 
     def broken(*args, **kwargs):
         raise DeployError("onnx export", RuntimeError("unsupported operator aten::weird"))
 
-    monkeypatch.setattr(runner, "export_onnx", broken)
+    monkeypatch.setattr(deployed, "export_onnx", broken)
     assert _run(tmp_path, "--no-latency") == 0
     records = {r["deploy"]: r for r in load_records(tmp_path / "results")}
     for target in ("onnx", "onnx-int8"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from detection import build_mmcv
-from detection.build_mmcv import MMCV_VERSION, PREBUILT_TORCH, Target
+from kdbench.detection import build_mmcv
+from kdbench.detection.build_mmcv import MMCV_VERSION, PREBUILT_TORCH, Target
 
 
 def _touch(path):

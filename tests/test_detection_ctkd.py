@@ -11,10 +11,10 @@ import torch
 from detection_support import batch, build, smoke_config, synthetic_data
 from mmengine.config import Config
 
-from benchmarks.errors import ConfigError
-from detection.ctkd import CenterNetKD, DistillConfig, HeadMaps
-from detection.losses import heatmap_focal_kd, heatmap_kd_target, softening_temperature
-from detection.suite import CONFIGS_DIR
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.detection.ctkd import CenterNetKD, DistillConfig, HeadMaps
+from kdbench.detection.losses import heatmap_focal_kd, heatmap_kd_target, softening_temperature
+from kdbench.detection.models import CONFIGS_DIR
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_model_temperature_follows_progress(data, tmp_path):
 
 
 def test_distill_config_rejects_unknown_keys_and_bad_values():
-    from benchmarks.config import from_mapping
+    from kdbench.benchmarks.config import from_mapping
 
     with pytest.raises(ConfigError, match=r"lambda_hm.*allowed keys"):
         from_mapping(DistillConfig, {"lambda_hm": 1.0}, "model.distill")

@@ -10,12 +10,13 @@ import torch
 import yaml
 from test_record_configuration import TINY_SUITE
 
-from benchmarks.cli import main
-from benchmarks.config import load_suite
-from benchmarks.method import make_loader
-from benchmarks.results import load_records
-from benchmarks.runner import Harness
-from benchmarks.train import evaluate
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.config import load_suite
+from kdbench.benchmarks.method import make_loader
+from kdbench.benchmarks.options import RunOptions
+from kdbench.benchmarks.records import load_records
+from kdbench.benchmarks.runner import Harness
+from kdbench.benchmarks.train import evaluate
 
 
 class _AsModule(torch.nn.Module):
@@ -61,8 +62,9 @@ def test_the_exported_program_reproduces_the_records_top1_exactly(run):
     assert export_cli(tmp, "--format", "pt2", "--out", str(tmp / "pt2")) == 0
     program = torch.export.load(tmp / "pt2" / "model.pt2").module()
     model = _AsModule(program)
-    harness = Harness(load_suite(str(suite)), "smoke", results_dir=tmp / "results",
-                      cache_dir=tmp / "cache", measure_latency=False, progress=False)
+    harness = Harness(load_suite(str(suite)), "smoke", RunOptions(
+        results_dir=tmp / "results", cache_dir=tmp / "cache", measure_latency=False,
+        progress=False))
     _, test_split = harness.splits()
     loader = make_loader(harness.data, test_split, train=False, batch_size=500,
                          device=torch.device("cpu"), seed=0, channels_last=False)
@@ -150,7 +152,7 @@ def test_tensorboard_curves_of_a_run_and_the_report_links_them(tmp_path, capsys)
 
 def test_saving_artifacts_leaves_no_temporary_file_and_no_archive_warning(tmp_path, caplog):
     """The temporary name keeps ``.pt2``: torch.export.save logs a warning for any other."""
-    from benchmarks.artifacts import save_artifacts
+    from kdbench.benchmarks.artifacts import save_artifacts
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     with caplog.at_level("WARNING"):

@@ -22,17 +22,17 @@ import torchvision.datasets.mnist as tv_mnist
 from sklearn.neighbors import NearestCentroid
 from torchvision.datasets import FashionMNIST
 
-from benchmarks.data import fashion_mnist as fm
-from benchmarks.data.fashion_mnist import (
+from kdbench.benchmarks.data import fashion_mnist as fm
+from kdbench.benchmarks.data.fashion_mnist import (
     CLASS_NAMES,
     FILES,
     SYNTHETIC_SIDECAR,
     fashion_mnist,
     write_fashion_mnist,
 )
-from benchmarks.data.idx import encode_idx
-from benchmarks.errors import ConfigError, DatasetError
-from benchmarks.registry import DATASETS, lookup
+from kdbench.benchmarks.data.idx import encode_idx
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.registry import DATASETS, lookup
 
 REAL_FOLDER = Path("/usr/share/datasets/fashion-mnist")  # the Debian package's, not patched
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2

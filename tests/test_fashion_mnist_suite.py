@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from benchmarks.config import load_suite
-from benchmarks.data.fashion_mnist import write_fashion_mnist
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.config import load_suite
+from kdbench.benchmarks.data.fashion_mnist import write_fashion_mnist
+from kdbench.benchmarks.errors import DatasetError
 
 
 def test_every_budget_scores_the_whole_test_set_and_never_falls_back():
@@ -22,8 +22,8 @@ def test_every_budget_scores_the_whole_test_set_and_never_falls_back():
 
 
 def test_missing_data_is_an_error_naming_where_it_looked(tmp_path, monkeypatch):
-    from benchmarks.data import fashion_mnist
-    from benchmarks.runner import load_dataset
+    from kdbench.benchmarks.data import fashion_mnist
+    from kdbench.benchmarks.runner import load_dataset
 
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "no-debian")
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
@@ -32,8 +32,9 @@ def test_missing_data_is_an_error_naming_where_it_looked(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_smoke_run_on_idx_files_gives_a_real_record_of_exactly_what_ran(tmp_path):
-    from benchmarks.results import load_records
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.options import RunOptions
+    from kdbench.benchmarks.records import load_records
+    from kdbench.benchmarks.runner import Harness
 
     root = tmp_path / "data"
     write_fashion_mnist(root / "fashion-mnist", n_train_per_class=30, n_test_per_class=10)
@@ -41,17 +42,17 @@ def test_a_smoke_run_on_idx_files_gives_a_real_record_of_exactly_what_ran(tmp_pa
     smoke = suite.budgets["smoke"]
     tiny = dataclasses.replace(smoke, train=smoke.train.replace(epochs=1),
                                teacher_train=smoke.teacher_recipe.replace(epochs=1))
-    harness = Harness(dataclasses.replace(suite, budgets={"smoke": tiny}), "smoke",
-                      results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
-                      dataset_overrides={"root": str(root), "download": False},
-                      measure_latency=False, progress=False)
+    harness = Harness(dataclasses.replace(suite, budgets={"smoke": tiny}), "smoke", RunOptions(
+        results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
+        dataset_overrides={"root": str(root), "download": False},
+        measure_latency=False, progress=False))
     harness.run(["scratch"], [0])
     (record,) = [r for r in load_records(tmp_path / "results", "fashion-mnist", "smoke")
                  if r["method"] == "scratch"]
     assert record["dataset"] == "fashion_mnist" and record["test_images"] == 100
     assert record["data_source"] == "synthetic"  # the fixture writer marks its files
     # the zoo model as it runs on 3 x 32 x 32 padded images: resnet8 with 10 classes
-    from benchmarks.registry import build_model
+    from kdbench.benchmarks.registry import build_model
 
     model = build_model("resnet8", num_classes=10)
     assert record["params"] == sum(p.numel() for p in model.parameters())

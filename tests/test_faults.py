@@ -21,21 +21,15 @@ import torch
 import torch.nn.functional as F
 from fit_worker import RECIPE, toy_data, toy_model
 
-from benchmarks.config import load_suite
-from benchmarks.data import BatchLoader
-from benchmarks.errors import ConfigError, KdbenchError, TrainingError
-from benchmarks.registry import build_model
-from benchmarks.results import (
-    failure_path,
-    leaderboard_path,
-    load_records,
-    rebuild_leaderboard,
-    record_path,
-    write_leaderboard,
-    write_record,
-)
-from benchmarks.teachers import TeacherCache, teacher_key
-from benchmarks.train import fit
+from kdbench.benchmarks.board import leaderboard_path, rebuild_leaderboard, write_leaderboard
+from kdbench.benchmarks.config import load_suite
+from kdbench.benchmarks.data import BatchLoader
+from kdbench.benchmarks.errors import ConfigError, KdbenchError, TrainingError
+from kdbench.benchmarks.options import RunOptions
+from kdbench.benchmarks.records import failure_path, load_records, record_path, write_record
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.teachers import TeacherCache, teacher_key
+from kdbench.benchmarks.train import fit
 
 CPU = torch.device("cpu")
 
@@ -84,16 +78,17 @@ def _nan_suite(tmp_path: Path):
 
 def test_nan_run_writes_a_failed_record_that_never_reaches_the_leaderboard(
         cifar_root, tmp_path):
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.runner import Harness
 
     teacher = tmp_path / "teacher.pt"  # a given teacher: no teacher training in this test
     torch.save(build_model("resnet14", 100).state_dict(), teacher)
     results = tmp_path / "results"
-    harness = Harness(_nan_suite(tmp_path), "smoke", results_dir=results,
-                      cache_dir=tmp_path / "cache", teacher_checkpoints={"resnet14": str(teacher)},
-                      dataset_overrides={"root": str(cifar_root), "download": False,
-                                         "synthetic_fallback": False},
-                      measure_latency=False, progress=False)
+    harness = Harness(_nan_suite(tmp_path), "smoke", RunOptions(
+        results_dir=results, cache_dir=tmp_path / "cache",
+        teacher_checkpoints={"resnet14": str(teacher)},
+        dataset_overrides={"root": str(cifar_root), "download": False,
+                           "synthetic_fallback": False},
+        measure_latency=False, progress=False))
     # An earlier good record of another method, and its leaderboard: must stay as they are.
     from test_results import make_record
 
@@ -188,8 +183,8 @@ def test_malicious_teacher_checkpoint_is_refused(tmp_path):
 def test_corrupt_dataset_fails_clearly_and_keeps_earlier_results(kind, capsys, tmp_path):
     from test_results import make_record
 
-    from benchmarks.cli import main
-    from benchmarks.data.fixtures import corrupt_cifar100, write_cifar100
+    from kdbench.benchmarks.cli import main
+    from kdbench.benchmarks.data.fixtures import corrupt_cifar100, write_cifar100
 
     results = tmp_path / "results"
     write_record(make_record(), results)
@@ -212,9 +207,9 @@ def _fail_with(monkeypatch, code: int, where: str) -> None:
         raise OSError(code, os.strerror(code))
 
     if where == "create":  # read-only: creating the temporary file fails
-        monkeypatch.setattr("benchmarks.results.tempfile.mkstemp", boom)
+        monkeypatch.setattr("kdbench.benchmarks.atomic.tempfile.mkstemp", boom)
     else:  # full: the data does not fit (write/flush/fsync)
-        monkeypatch.setattr("benchmarks.results.os.fsync", boom)
+        monkeypatch.setattr("kdbench.benchmarks.atomic.os.fsync", boom)
         monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
 
 
@@ -248,7 +243,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(monkeypatch, tmp_path)
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("benchmarks.train.torch.save", full)
+    monkeypatch.setattr("kdbench.benchmarks.train.torch.save", full)
     with pytest.raises(TrainingError, match=rf"could not write checkpoint {ckpt}"):
         fit(toy_model(), ce, _loader(), RECIPE, device=CPU, checkpoint=ckpt)
     assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [

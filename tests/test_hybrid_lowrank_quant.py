@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.registry import build_model
-from methods.hybrid_lowrank_quant import (
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.hybrid_lowrank_quant import (
     HybridLowRankQuant,
     choose_rank,
     conv_macs,

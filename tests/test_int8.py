@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.deploy import (
+from kdbench.benchmarks.board import latency_key, leaderboard
+from kdbench.benchmarks.deploy import (
     CompiledProgram,
     DeployError,
     deploy_targets,
@@ -15,11 +16,11 @@ from benchmarks.deploy import (
     program_report,
     quantize_int8,
 )
-from benchmarks.errors import ConfigError
-from benchmarks.method import Compressed
-from benchmarks.registry import METHODS, lookup
-from benchmarks.results import latency_key, leaderboard, render_table
-from benchmarks.teachers import TeacherInfo
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.method import Compressed
+from kdbench.benchmarks.registry import METHODS, lookup
+from kdbench.benchmarks.table import render_table
+from kdbench.benchmarks.teachers import TeacherInfo
 
 pytest.importorskip("torchao")
 
@@ -112,7 +113,8 @@ def test_int8_artifact_is_about_a_quarter_of_fp32_for_conv_weights():
 def test_board_size_ratio_compares_weight_bytes_with_the_teachers(tmp_path):
     from test_results import make_record
 
-    from benchmarks.results import leaderboard, load_records, write_record
+    from kdbench.benchmarks.board import leaderboard
+    from kdbench.benchmarks.records import load_records, write_record
 
     for seed in range(2):
         record = make_record("kd", seed, 70.0)
@@ -151,7 +153,7 @@ def test_a_failed_deployment_is_recorded_not_replaced_by_fp32(make_harness, make
     method = lookup(METHODS, "kd")()
     method.name = "kd"
     out = Compressed(model=DataDependent().eval())
-    info = TeacherInfo("resnet14", "t.pt", "0" * 64, 1.0, 5.0, "user")
+    info = TeacherInfo("resnet14", "t.pt", "0" * 64, {"top1": 1.0, "top5": 5.0}, "user")
     fp32 = harness.measure(ctx, method, "kd", out, teacher, info, 1.0)
     record = harness.measure_deployed(ctx, "kd", out, teacher, info, fp32, "int8")
     assert fp32.deploy == "fp32" and fp32.deploy_status == "ok"
@@ -178,7 +180,7 @@ def test_compiled_latency_has_columns_of_its_own():
 
 
 def test_cli_rejects_an_unknown_deploy_target(capsys, tmp_path):
-    from benchmarks.cli import main
+    from kdbench.benchmarks.cli import main
 
     code = main(["run", "--suite", "cifar100", "--deploy", "int4", "--results-dir",
                  str(tmp_path), "--cache-dir", str(tmp_path), "--quiet"])

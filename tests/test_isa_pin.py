@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import isa
+from kdbench.benchmarks import isa
 
 WORKER = Path(__file__).with_name("isa_worker.py")
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data import ImageSplit
-from benchmarks.errors import ConfigError
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from methods.common import dynamic_temperature, epoch_temperature
-from methods.kdas_reid import SMOKE_OPS, KDASReID, Temperature, kdas_loss, split_identities
-from reid.nas import (
+from kdbench.benchmarks.data import ImageSplit
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common import dynamic_temperature, epoch_temperature
+from kdbench.methods.kdas_reid import SMOKE_OPS, KDASReID, Temperature, kdas_loss, split_identities
+from kdbench.reid.nas import (
     OPS,
     DerivedNetwork,
     Genotype,
@@ -153,10 +153,11 @@ def test_temperature_starts_at_t0_ends_at_exactly_one_and_decreases(shape):
 
 
 def test_temperature_settings_are_checked():
-    with pytest.raises(ConfigError, match="one of linear, cosine; got 'step'"):
-        dynamic_temperature(0.5, 4.0, "step")
-    with pytest.raises(ConfigError, match="must be >= 1"):
-        dynamic_temperature(0.5, 0.5)
+    with pytest.raises(ConfigError, match="temperature_schedule must be one of linear, cosine; "
+                                          "got 'step'"):
+        KDASReID.make_config("full", {"temperature_schedule": "step"})
+    with pytest.raises(ConfigError, match=r"t0 must be >= 1; got 0\.5"):
+        KDASReID.make_config("full", {"t0": 0.5})
 
 
 def test_kd_loss_is_zero_for_identical_logits_and_hinton_kl_at_t1():
@@ -246,7 +247,8 @@ def _first_cell_inputs(net_cls):
 
 def test_cifar_size_inputs_are_searched_at_full_resolution_and_rebuild(make_context,
                                                                        monkeypatch):
-    import methods.kdas_reid
+
+    import kdbench.methods.kdas_reid
 
     torch.manual_seed(0)
     ctx = make_context(build_model("resnet8", 100).eval(), epochs=1, batch_size=16)
@@ -254,8 +256,8 @@ def test_cifar_size_inputs_are_searched_at_full_resolution_and_rebuild(make_cont
     ctx = dataclasses.replace(ctx, train_split=few)
     search_net, searched = _first_cell_inputs(Supernet)
     derived_net, derived = _first_cell_inputs(DerivedNetwork)
-    monkeypatch.setattr(methods.kdas_reid, "Supernet", search_net)
-    monkeypatch.setattr(methods.kdas_reid, "DerivedNetwork", derived_net)
+    monkeypatch.setattr(kdbench.methods.kdas_reid, "Supernet", search_net)
+    monkeypatch.setattr(kdbench.methods.kdas_reid, "DerivedNetwork", derived_net)
     cfg = KDASReID.make_config("smoke", {"search_epochs": 1, "search_batch_size": 16,
                                          "retrain_epochs": 1, "steps": 1,
                                          "ops": ("skip_connect", "avg_pool_3x3")})

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.errors import ConfigError
-from benchmarks.measure import compare_latency, count_macs, inspect_model
-from benchmarks.measure.latency import LatencySetting
-from benchmarks.method import RunContext
-from benchmarks.registry import build_model
-from methods.common import kd_kl
-from methods.common.lma_activation import LMA, slope_offsets
-from methods.lma import LMAMethod, lma_kd_loss, use_lma
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import compare_latency, count_macs, inspect_model
+from kdbench.benchmarks.measure.latency import LatencySetting
+from kdbench.benchmarks.method import RunContext
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common import kd_kl
+from kdbench.methods.common.lma_activation import LMA, slope_offsets
+from kdbench.methods.lma import LMAMethod, lma_kd_loss, use_lma
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -230,10 +230,12 @@ def test_nan_inputs_give_nan_outputs_not_an_index_error():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ConfigError, match="num_segments must be at least 1"):
-        LMA(0)
-    with pytest.raises(ConfigError, match="impl must be one of fused, naive"):
-        LMA(8, impl="bucket")
+    with pytest.raises(ConfigError, match="num_segments must be >= 1; got 0"):
+        LMAMethod.make_config("full", {"num_segments": 0})
+    with pytest.raises(ConfigError, match="impl must be one of fused, naive; got 'bucket'"):
+        LMAMethod.make_config("full", {"impl": "bucket"})
+    with pytest.raises(ConfigError, match=r"momentum must be in \[0, 1\); got 1.0"):
+        LMAMethod.make_config("full", {"momentum": 1.0})
     with pytest.raises(ConfigError, match="kd_weight"):
         LMAMethod.make_config("full", {"kd_weight": 1.5})
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from methods.common import kd_kl
+from kdbench.methods.common import kd_kl
 
 
 def test_kd_is_zero_for_identical_logits():

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize, prune
 from torchprofile import profile_macs
 
-from benchmarks.measure import (
+from kdbench.benchmarks.measure import (
     LatencySetting,
     assert_deployable,
     compare_latency,
@@ -37,8 +37,8 @@ from benchmarks.measure import (
     inspect_model,
     summarize,
 )
-from benchmarks.measure import latency as latency_mod
-from benchmarks.measure.latency import speedup_ci, usable_cores
+from kdbench.benchmarks.measure import latency as latency_mod
+from kdbench.benchmarks.measure.latency import speedup_ci, usable_cores
 
 # --------------------------------------------------------------------------- models
 

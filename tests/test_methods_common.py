@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.data import Batch
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.registry import build_model
-from methods.common import (
+from kdbench.benchmarks.data import Batch
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common import (
     apply_masks,
     classifier_of,
     coupled_layers,

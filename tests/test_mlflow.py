@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from test_record_configuration import TINY_SUITE
 
-from benchmarks import mlflow_log
-from benchmarks.cli import main
-from benchmarks.errors import ConfigError
-from benchmarks.results import load_records
+from kdbench.benchmarks import mlflow_log
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.records import load_records
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (kdbench[mlflow]) is not "
                              "installed; nox -s tests installs it")

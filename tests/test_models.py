@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-import benchmarks.models  # noqa: F401  (registers the zoo)
-from benchmarks.measure.flops import count_macs
-from benchmarks.registry import MODELS, build_model
+import kdbench.benchmarks.models  # noqa: F401  (registers the zoo)
+from kdbench.benchmarks.measure.flops import count_macs
+from kdbench.benchmarks.registry import MODELS, build_model
 
 RESNETS = [f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)]
 RESNETS_A = [f"resnet{d}_a" for d in (20, 32, 44, 56, 110)]
@@ -72,7 +72,8 @@ def _macs(model: nn.Module) -> int:
 
 def test_registered_names() -> None:
     # The CIFAR zoo exactly; other packages (reid/) register models of their own.
-    zoo = [n for n, f in MODELS.module_dict.items() if f.__module__.startswith("benchmarks.")]
+    zoo = [n for n, f in MODELS.module_dict.items()
+           if f.__module__.startswith("kdbench.benchmarks.")]
     assert sorted(zoo) == ALL_NAMES
 
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.config import Pair
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs, inspect_model
-from benchmarks.method import RunContext
-from benchmarks.registry import build_model
-from methods.common import kd_kl
-from methods.common.branches import BranchSplitError, split_at_stage
-from methods.okddip import (
+from kdbench.benchmarks.config import Pair
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs, inspect_model
+from kdbench.benchmarks.method import RunContext
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common import kd_kl
+from kdbench.methods.common.branches import BranchSplitError, split_at_stage
+from kdbench.methods.okddip import (
     OKDDip,
     PeerNetwork,
     consistency_weight,

@@ -14,9 +14,9 @@ import torch
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdbench_dkd"
 CHECK = """
 import sys
-from benchmarks.registry import METHODS, known
+from kdbench.benchmarks.registry import METHODS, known
 assert "dkd" in known(METHODS), known(METHODS)
-from benchmarks.contract import check_contract
+from kdbench.benchmarks.contract import check_contract
 records = check_contract("dkd", sys.argv[1], cache_dir=sys.argv[2], data_root=sys.argv[3])
 print("dkd top1", records[0]["metrics"]["top1"])
 """

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from test_results import make_record
 
-from benchmarks.cli import main
-from benchmarks.portable import JSON_SCHEMA, board_document
-from benchmarks.results import leaderboard, load_records, write_record
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.portable import JSON_SCHEMA, board_document
+from kdbench.benchmarks.records import load_records, write_record
 
 
 @pytest.fixture()

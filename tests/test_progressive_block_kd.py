@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-import methods.progressive_block_kd
-from benchmarks.config import Pair
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.registry import build_model
-from methods.common.blocks import StudentBlock, block_inputs, block_names, thin_block
-from methods.progressive_block_kd import ProgressiveBlockKD
+import kdbench.methods.progressive_block_kd
+from kdbench.benchmarks.config import Pair
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common.blocks import StudentBlock, block_inputs, block_names, thin_block
+from kdbench.methods.progressive_block_kd import ProgressiveBlockKD
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -141,7 +141,7 @@ def test_a_step_trains_only_its_student_block(make_context, monkeypatch, teacher
         initial.update({k: v.clone() for k, v in block.state_dict().items()})
         return block
 
-    monkeypatch.setattr(methods.progressive_block_kd, "thin_block", recording_thin_block)
+    monkeypatch.setattr(kdbench.methods.progressive_block_kd, "thin_block", recording_thin_block)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     student = pbkd.distil_block(ctx, ctx.teacher(), net, names[1], inputs[1], loader, 1)
     after = net.state_dict()

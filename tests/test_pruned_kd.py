@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.data import Batch
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from methods.common import coupled_layers
-from methods.pruned_kd import UNSTRUCTURED_NOTE, PrunedKD, kd_objective, prune_copy
+from kdbench.benchmarks.data import Batch
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.methods.common import coupled_layers
+from kdbench.methods.pruned_kd import UNSTRUCTURED_NOTE, PrunedKD, kd_objective, prune_copy
 
 X = torch.randn(4, 3, 32, 32)
 

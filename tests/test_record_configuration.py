@@ -15,17 +15,18 @@ import pandas as pd
 import pytest
 from test_results import make_record
 
-from benchmarks.cli import main
-from benchmarks.errors import ConfigError, KdbenchError, RunsFailedError, TrainingError
-from benchmarks.registry import METHODS, lookup
-from benchmarks.results import (
-    leaderboard,
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.errors import ConfigError, KdbenchError, RunsFailedError, TrainingError
+from kdbench.benchmarks.options import RunOptions
+from kdbench.benchmarks.records import (
     load_records,
     read_record,
     record_path,
     replaced_path,
     write_record,
 )
+from kdbench.benchmarks.registry import METHODS, lookup
 
 # Two training epochs on the 1,797 real digits, one 8-epoch resnet8 teacher: seconds a run.
 TINY_SUITE = """
@@ -136,13 +137,13 @@ def test_seeds_with_teachers_of_their_own_are_one_row(tiny, tmp_path):
 
 
 def test_checkpoints_are_keyed_by_configuration(tiny, tmp_path):
-    from benchmarks.config import load_suite
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.runner import Harness
 
     def workdir(**overrides):
-        harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "r",
-                          cache_dir=tmp_path / "cache", method_overrides=overrides,
-                          measure_latency=False, progress=False)
+        harness = Harness(load_suite(str(tiny)), "smoke", RunOptions(
+            results_dir=tmp_path / "r", cache_dir=tmp_path / "cache", method_overrides=overrides,
+            measure_latency=False, progress=False))
         method = harness.build_method("kd")
         pair = harness.budget.pairs[0]
         _, info = harness.teacher(pair, 0)
@@ -160,11 +161,12 @@ def test_checkpoints_are_keyed_by_configuration(tiny, tmp_path):
 def test_checkpoints_written_by_other_code_are_not_resumed(tiny, tmp_path):
     """A killed run resumed after a code change would continue under rules it did not start
     with (a fashion-mnist seed resumed a prox phase written before its layer floor)."""
-    from benchmarks.config import load_suite
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.runner import Harness
 
-    harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "r",
-                      cache_dir=tmp_path / "cache", measure_latency=False, progress=False)
+    harness = Harness(load_suite(str(tiny)), "smoke", RunOptions(
+        results_dir=tmp_path / "r", cache_dir=tmp_path / "cache", measure_latency=False,
+        progress=False))
     method = harness.build_method("kd")
     pair = harness.budget.pairs[0]
     _, info = harness.teacher(pair, 0)
@@ -180,7 +182,7 @@ def test_checkpoints_written_by_other_code_are_not_resumed(tiny, tmp_path):
 def test_the_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
     import sys
 
-    from benchmarks import provenance
+    from kdbench.benchmarks import provenance
 
     package = tmp_path / "someplugin"
     package.mkdir()
@@ -219,9 +221,9 @@ def test_runs_failed_error_lists_every_failure():
 
 
 def test_teacher_training_resumes_from_its_last_epoch(tiny, tmp_path, monkeypatch):
-    from benchmarks import train
-    from benchmarks.config import load_suite
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks import train
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.runner import Harness
 
     suite = load_suite(str(tiny))
     budget = suite.budget("smoke")
@@ -230,8 +232,9 @@ def test_teacher_training_resumes_from_its_last_epoch(tiny, tmp_path, monkeypatc
         budget, teacher_train=recipe)})
 
     def harness():
-        return Harness(suite, "smoke", results_dir=tmp_path / "r", cache_dir=tmp_path / "cache",
-                       measure_latency=False, progress=False)
+        return Harness(suite, "smoke", RunOptions(results_dir=tmp_path / "r",
+                                                  cache_dir=tmp_path / "cache",
+                                                  measure_latency=False, progress=False))
 
     real_save, starts = train._save, []
 
@@ -263,7 +266,7 @@ def test_a_checkpoint_save_onto_a_full_disk_is_a_clear_error_and_leaves_no_temp(
         tmp_path, monkeypatch):
     import torch
 
-    from benchmarks import train
+    from kdbench.benchmarks import train
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -293,13 +296,14 @@ def test_an_identical_run_in_another_process_is_waited_for_and_reused(tiny, tmp_
 
     from filelock import FileLock
 
-    from benchmarks.config import load_suite
-    from benchmarks.runner import Harness
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.runner import Harness
 
     assert cli(tiny, tmp_path, "--methods", "kd") == 0  # the record the other run writes
     record = read_record(kd_record(tmp_path))
-    harness = Harness(load_suite(str(tiny)), "smoke", results_dir=tmp_path / "results",
-                      cache_dir=tmp_path / "cache", measure_latency=False, progress=False)
+    harness = Harness(load_suite(str(tiny)), "smoke", RunOptions(
+        results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", measure_latency=False,
+        progress=False))
     method, pair = harness.build_method("kd"), harness.budget.pairs[0]
     _, info = harness.teacher(pair, 0)
     workdir = harness._workdir(method, pair, 0, info)

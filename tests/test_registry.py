@@ -8,9 +8,9 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from benchmarks import registry
-from benchmarks.errors import UnknownNameError
-from benchmarks.method import Compressed, Method
+from kdbench.benchmarks import registry
+from kdbench.benchmarks.errors import UnknownNameError
+from kdbench.benchmarks.method import Compressed, Method
 
 
 def test_builtin_baselines_are_registered():

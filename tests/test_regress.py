@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 from test_results import make_record
 
-from benchmarks.cli import main
-from benchmarks.regress import (
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.records import write_record
+from kdbench.benchmarks.regress import (
     accuracy_tolerance,
     baseline_frame,
     baseline_path,
     compare,
     markdown_report,
 )
-from benchmarks.results import write_record
 
 
 @pytest.fixture
@@ -152,17 +152,32 @@ def test_speedups_with_cis_fail_only_when_the_ci_lies_wholly_below_the_baselines
 
 
 def test_each_suite_gates_its_own_methods():
-    from benchmarks.regress import REGRESS_METHODS, gate_methods
+    from kdbench.benchmarks.regress import gate_methods, gate_of
 
     assert gate_methods("cifar100", None) is None  # every registered method
-    assert gate_methods("digits", None) == list(REGRESS_METHODS["digits"])
+    assert gate_methods("digits", None) == list(gate_of("digits").methods)
     assert gate_methods("digits", ["kd", "lma"]) == ["kd"]
     assert gate_methods("digits", ["lma"]) == []
 
 
+def test_the_gated_suites_and_their_data_come_from_the_suite_files(tmp_path):
+    from kdbench.benchmarks.regress import dataset_overrides, gate_of, gated_suites
+
+    # the suites with a `regress` section; cifar100-vgg16 inherits cifar100's and drops it
+    assert gated_suites() == ["cifar100", "digits", "fashion-mnist"]
+    assert gate_of("digits").methods == ("teacher", "scratch", "kd")
+    assert [s for s in gated_suites() if gate_of(s).claims] == ["fashion-mnist"]
+    # CIFAR-100 always on generated data: a root under the gate's cache that never holds it
+    assert dataset_overrides("cifar100", tmp_path) == {
+        "root": str(tmp_path / "regress-uses-generated-data"), "download": False,
+        "synthetic_fallback": True}
+    assert dataset_overrides("digits", tmp_path) == {}
+    assert dataset_overrides("fashion-mnist", tmp_path) == {}
+
+
 def test_ratios_round_tripped_through_the_csv_still_match(tmp_path):
     # 83892 / 180636 has no short decimal form: the stored 10 digits must still compare equal
-    from benchmarks.regress import compare
+    from kdbench.benchmarks.regress import compare
 
     row = {"suite": "cifar100", "data_source": "synthetic", "teacher": "t", "student": "s",
            "method": "kd", "params": 83892, "macs": 12_510_000, "params_ratio": 83892 / 180636,
@@ -231,8 +246,8 @@ def test_reuse_on_an_empty_results_dir_is_a_message(tmp_path, capsys):
 
 
 def test_a_gate_run_re_runs_itself_with_the_kernels_pinned(tmp_path, monkeypatch):
-    import benchmarks.cli as cli
-    from benchmarks import isa
+    import kdbench.benchmarks.cli as cli
+    from kdbench.benchmarks import isa
 
     if isa.cannot_pin():
         pytest.skip(f"no pin on this machine: {isa.cannot_pin()}")
@@ -243,7 +258,7 @@ def test_a_gate_run_re_runs_itself_with_the_kernels_pinned(tmp_path, monkeypatch
     argv = ["regress", "--suites", "digits", "--results-dir", str(tmp_path)]
     assert main(argv) == 0
     (cmd, env), = calls
-    assert cmd[-len(argv):] == argv and cmd[1:3] == ["-m", "benchmarks.cli"]
+    assert cmd[-len(argv):] == argv and cmd[1:3] == ["-m", "kdbench.benchmarks.cli"]
     assert isa.is_pinned(env) and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
@@ -251,24 +266,24 @@ def test_the_gate_keeps_teachers_of_its_own_isa_apart(tmp_path, monkeypatch):
     """A teacher cached by a user's unpinned run was trained with other kernels."""
     import torch
 
-    import benchmarks.runner
-    from benchmarks.regress import run_smoke
+    import kdbench.benchmarks.runner
+    from kdbench.benchmarks.regress import run_smoke
 
     seen = {}
 
     class Recording:
-        def __init__(self, suite, budget, **kwargs):
-            seen.update(kwargs)
+        def __init__(self, suite, budget, options):
+            self.options = seen["options"] = options
 
-        def run(self, methods, seeds, force):
-            seen["ran"] = (methods, seeds, force)
+        def run(self, methods, seeds):
+            seen["ran"] = (methods, seeds, self.options.force)
 
-    monkeypatch.setattr(benchmarks.runner, "Harness", Recording)
+    monkeypatch.setattr(kdbench.benchmarks.runner, "Harness", Recording)
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     run_smoke("digits", [0], tmp_path / "results", tmp_path / "cache", ["kd"])
     isa = torch.backends.cpu.get_cpu_capability()
     # a teacher cached under another MKL branch (or none) was computed by other kernels too
-    assert seen["cache_dir"] == tmp_path / "cache" / f"regress-{isa}+MKL_CBWR=COMPATIBLE"
+    assert seen["options"].cache_dir == tmp_path / "cache" / f"regress-{isa}+MKL_CBWR=COMPATIBLE"
     assert seen["ran"] == (["kd"], [0], True)
 
 

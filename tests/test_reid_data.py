@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.data import ImageSplit
-from benchmarks.errors import ConfigError, DatasetError
-from reid.datasets import dukemtmc_reid, market1501
-from reid.fixtures import write_dukemtmc_reid, write_market1501
-from reid.layout import DUKEMTMC_REID, MARKET1501
+from kdbench.benchmarks.data import ImageSplit
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.reid.datasets import dukemtmc_reid, market1501
+from kdbench.reid.fixtures import write_dukemtmc_reid, write_market1501
+from kdbench.reid.layout import DUKEMTMC_REID, MARKET1501
 
 SIZES = dict(train_ids=8, test_ids=5, cameras_per_id=3, images_per_camera=2, queries_per_id=2,
              distractors=3)
@@ -143,9 +143,9 @@ def test_unreadable_image_is_a_dataset_error(market_root, tmp_path):
 
 
 def test_synthetic_fallback_is_written_once_and_labelled(tmp_path, monkeypatch):
-    import reid.datasets
+    from kdbench.reid import datasets
 
-    monkeypatch.setattr(reid.datasets, "SYNTHETIC", {**SIZES, "seed": 0})
+    monkeypatch.setattr(datasets, "SYNTHETIC", {**SIZES, "seed": 0})
     data = market1501(str(tmp_path / "none"), height=32, width=16, synthetic_fallback=True,
                       cache_dir=str(tmp_path / "cache"))
     assert data.data_source == "synthetic" and "SYNTHETIC stand-in" in data.notice

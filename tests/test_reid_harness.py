@@ -9,15 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.config import Pair, load_suite
-from benchmarks.contract import RecordingHarness
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.results import leaderboard, load_records, render_table
-from benchmarks.runner import ContractError, DeployedView
-from reid.evaluation import embedding_fn
-from reid.fixtures import write_market1501
-from reid.nas import build_derived
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.config import Pair, load_suite
+from kdbench.benchmarks.contract import RecordingHarness
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measurement import ContractError, DeployedView
+from kdbench.benchmarks.options import RunOptions
+from kdbench.benchmarks.records import load_records
+from kdbench.benchmarks.table import render_table
+from kdbench.reid.evaluation import embedding_fn
+from kdbench.reid.fixtures import write_market1501
+from kdbench.reid.nas import build_derived
 
 METHODS = ["kdas_reid"]
 
@@ -39,10 +42,10 @@ def run(suite, tmp_path_factory):
     write_market1501(root, train_ids=6, test_ids=4, cameras_per_id=3, queries_per_id=1,
                      distractors=2)
     results = tmp_path_factory.mktemp("results")
-    harness = RecordingHarness(
-        suite, "smoke", results_dir=results, cache_dir=tmp_path_factory.mktemp("cache"),
+    harness = RecordingHarness(suite, "smoke", RunOptions(
+        results_dir=results, cache_dir=tmp_path_factory.mktemp("cache"),
         dataset_overrides={"root": str(root), "synthetic_fallback": False},
-        measure_latency=False)
+        measure_latency=False))
     harness.run(METHODS, seeds=[0])
     records = {r["method"]: r for r in load_records(results, suite.name, "smoke")}
     return harness, records

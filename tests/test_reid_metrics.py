@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.errors import DatasetError
-from reid.metrics import eval_market1501
+from kdbench.benchmarks.errors import DatasetError
+from kdbench.reid.metrics import eval_market1501
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50):
@@ -75,9 +75,9 @@ def test_matches_brute_force_on_random_matrices(seed):
 
 
 def test_large_matrix_is_scored_in_blocks_like_the_loop(monkeypatch):
-    import reid.metrics
+    from kdbench.reid import metrics
 
-    monkeypatch.setattr(reid.metrics, "_BLOCK_ENTRIES", 50)  # several query blocks
+    monkeypatch.setattr(metrics, "_BLOCK_ENTRIES", 50)  # several query blocks
     case = valid_case(np.random.default_rng(99), 23, 17)
     cmc, m_ap, _ = brute_force(*case)
     scores = eval_market1501(*case)

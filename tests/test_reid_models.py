@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.errors import ConfigError
-from benchmarks.registry import build_model
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import build_model
 
 
 # Trunk params: torchvision's totals minus the 1000-class fc; ResNet-10 summed by hand

@@ -8,8 +8,9 @@ import shutil
 import pytest
 from test_results import make_record
 
-from benchmarks.report import html_page, markdown, pareto_front, write_report
-from benchmarks.results import leaderboard, load_records, write_record
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.records import load_records, write_record
+from kdbench.benchmarks.report import html_page, markdown, pareto_front, write_report
 
 
 @pytest.fixture

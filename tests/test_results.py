@@ -9,18 +9,17 @@ import os
 
 import pytest
 
-from benchmarks.errors import KdbenchError
-from benchmarks.results import (
+from kdbench.benchmarks.atomic import write_json
+from kdbench.benchmarks.board import leaderboard
+from kdbench.benchmarks.errors import KdbenchError
+from kdbench.benchmarks.records import (
     SCHEMA_VERSION,
     RunRecord,
-    leaderboard,
     load_records,
     record_path,
-    render_table,
-    speedup_cell,
-    write_json_atomic,
     write_record,
 )
+from kdbench.benchmarks.table import render_table, speedup_cell
 
 
 def make_record(method="kd", seed=0, top1=70.0, teacher_top1=72.0, data_source="real",
@@ -57,9 +56,9 @@ def test_record_round_trip_and_layout(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_serialisation_fails(tmp_path):
     path = tmp_path / "r.json"
-    write_json_atomic({"a": 1}, path)
+    write_json({"a": 1}, path)
     with pytest.raises(TypeError):
-        write_json_atomic({"a": object()}, path)
+        write_json({"a": object()}, path)
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
@@ -171,7 +170,7 @@ def test_speedups_carry_their_ci_and_a_rerun_flag_is_never_dropped(tmp_path):
     assert speedup_cell(row, "speedup_cpu_t1_b1") == "2.10×±0.25⚠"
     text = "\n".join(_rendered(render_table(board), 100))
     assert "2.10×±0.25⚠" in text
-    from benchmarks.report import markdown
+    from kdbench.benchmarks.report import markdown
 
     assert "2.10×±0.25⚠" in markdown(board, "cifar100", "smoke")
 
@@ -179,7 +178,7 @@ def test_speedups_carry_their_ci_and_a_rerun_flag_is_never_dropped(tmp_path):
 def test_the_wide_table_in_a_log_is_as_wide_as_its_columns_need(tmp_path):
     """Every deploy track at 1/2 threads and batch 1/64 is 12 speed-up columns: at a fixed
     200 columns rich squeezed the method and pair cells to a few letters."""
-    from benchmarks.cli import log_width
+    from kdbench.benchmarks.cli import log_width
 
     name = "robust_prune_kd:magnitude_adv_ft"
     record = make_record(name, 0)

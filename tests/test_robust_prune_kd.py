@@ -10,25 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.errors import ConfigError
-from benchmarks.measure import count_macs
-from benchmarks.measure.params import deployment_problems, zero_filters_by_layer
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from benchmarks.train import lr_at
-from methods.common.proximal import (
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.measure import count_macs
+from kdbench.benchmarks.measure.params import deployment_problems, zero_filters_by_layer
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.train import lr_at
+from kdbench.methods.common.proximal import (
     group_soft_threshold,
     prox_group_,
     prox_l1_,
     soft_threshold,
 )
-from methods.common.pruning import (
+from kdbench.methods.common.pruning import (
     channel_groups,
     classifier_of,
     prunable_layers,
     remove_zero_channels,
 )
-from methods.robust_prune_kd import (
+from kdbench.methods.robust_prune_kd import (
     GroupScore,
     RobustPruneKD,
     zero_weakest_channels,
@@ -277,7 +277,7 @@ def test_the_compression_sweep_is_suite_variants_sharing_one_lambda_setting(make
 
 
 def test_admm_baseline_of_the_memory_benchmark_keeps_two_weight_copies():
-    from benchmarks.perf.prox_vs_admm_memory import Admm
+    from kdbench.benchmarks.perf.prox_vs_admm_memory import Admm
 
     model = resnet8()
     layers = prunable_layers(model)
@@ -304,8 +304,8 @@ def test_the_default_teacher_is_adversarially_trained():
 
 def test_default_run_distils_from_the_adversarial_teacher_the_control_from_the_standard(
         make_context, monkeypatch):
-    import methods.robust_prune_kd as rpk
-    from benchmarks.teachers import TeacherInfo
+    import kdbench.methods.robust_prune_kd as rpk
+    from kdbench.benchmarks.teachers import TeacherInfo
 
     standard = resnet8(1)
     robust = FrozenTeacher(resnet8(2))
@@ -314,7 +314,8 @@ def test_default_run_distils_from_the_adversarial_teacher_the_control_from_the_s
 
     def fake_adversarial_teacher(context, attack):
         asked.append(attack)
-        return robust, TeacherInfo("resnet8", "adv.pt", "f" * 64, 1.0, 5.0, "cache")
+        return robust, TeacherInfo("resnet8", "adv.pt", "f" * 64, {"top1": 1.0, "top5": 5.0},
+                                   "cache")
 
     monkeypatch.setattr(rpk, "adversarial_teacher", fake_adversarial_teacher)
     m = method(teacher="adversarial", controls=("standard_teacher",), train_images=64)
@@ -341,9 +342,9 @@ def test_default_run_distils_from_the_adversarial_teacher_the_control_from_the_s
 
 def test_adversarial_teacher_is_trained_with_pgd_once_then_cached_under_its_own_key(
         make_context, monkeypatch):
-    import methods.common.adversarial as adv
-    from benchmarks.attacks import PGDConfig
-    from benchmarks.teachers import teacher_key
+    import kdbench.methods.common.adversarial as adv
+    from kdbench.benchmarks.attacks import PGDConfig
+    from kdbench.benchmarks.teachers import teacher_key
 
     ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
     tiny = ctx.budget.teacher_recipe.replace(epochs=1, batch_size=100)
@@ -376,7 +377,7 @@ def test_adversarial_teacher_is_trained_with_pgd_once_then_cached_under_its_own_
 def test_the_cache_dir_is_the_harness_one():
     from pathlib import Path
 
-    from methods.common.adversarial import harness_cache_dir
+    from kdbench.methods.common.adversarial import harness_cache_dir
 
     class Ctx:
         workdir = Path("/somewhere/cache/work/0123456789abcdef")
@@ -431,7 +432,7 @@ def test_the_prox_never_empties_a_layer_whose_channels_are_all_weak(sparsity):
 
 
 def test_a_huge_lambda_raises_a_collapse_error_naming_the_layer(make_context):
-    from methods.robust_prune_kd import PruningCollapseError
+    from kdbench.methods.robust_prune_kd import PruningCollapseError
 
     ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
     with pytest.raises(PruningCollapseError,
@@ -443,7 +444,7 @@ def test_a_huge_lambda_raises_a_collapse_error_naming_the_layer(make_context):
 
 
 def test_a_result_at_chance_is_an_error_not_a_row(make_context, monkeypatch):
-    from methods.robust_prune_kd import PruningCollapseError
+    from kdbench.methods.robust_prune_kd import PruningCollapseError
 
     ctx = make_context(resnet8(1), pair=("resnet8", "resnet8"))
     teacher = ctx.teacher()

@@ -4,8 +4,8 @@ import dataclasses
 
 import torch
 
-from benchmarks.config import TrainRecipe, load_suite
-from benchmarks.run_config import config_hash, run_config
+from kdbench.benchmarks.config import TrainRecipe, load_suite
+from kdbench.benchmarks.run_config import config_hash, run_config
 
 
 def _hash(suite, budget, **method):
@@ -51,7 +51,7 @@ def test_channels_last_on_cpu_only_when_asked():
 def test_seeds_with_their_own_teachers_share_one_hash_a_shared_teacher_is_hashed_by_bytes():
     """A per-seed teacher differs in bytes from seed to seed, so its sha256 would make each
     seed its own configuration; one teacher for every seed is named by its bytes."""
-    from benchmarks.run_config import teacher_identity
+    from kdbench.benchmarks.run_config import teacher_identity
 
     suite = load_suite("fashion-mnist")
     smoke, short = suite.budget("smoke"), suite.budget("short")

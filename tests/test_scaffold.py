@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
-from benchmarks.scaffold import new_method
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.scaffold import new_method
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = """
 import sys
-from benchmarks.contract import check_contract
+from kdbench.benchmarks.contract import check_contract
 check_contract(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], data_root=sys.argv[4])
 """
 
@@ -25,7 +25,7 @@ check_contract(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], data_root=sys.ar
 def checkout(tmp_path):
     """A copy of the project's packages, so scaffolding never touches the real tree."""
     root = tmp_path / "checkout"
-    for package in ("benchmarks", "methods"):
+    for package in ("kdbench", "benchmarks", "methods"):
         shutil.copytree(REPO / package, root / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     (root / "tests").mkdir()

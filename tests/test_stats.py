@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmarks.stats import summarize, tied, welch_p
+from kdbench.benchmarks.stats import summarize, tied, welch_p
 
 
 def test_summary_of_three_seeds_uses_sample_std_and_t_interval():

@@ -3,6 +3,7 @@ submit), `--status`, and the teacher cache shared by concurrent jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.cli import main
-from benchmarks.registry import build_model
-from benchmarks.results import record_path, write_json_atomic
-from benchmarks.sweep import Sweep, status
+from kdbench.benchmarks.atomic import write_json
+from kdbench.benchmarks.cli import main
+from kdbench.benchmarks.records import record_path
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.sweep import Sweep, status
 
 TINY_SUITE = """\
 name = "tiny"
@@ -110,7 +112,7 @@ def test_slurm_sweep_submits_one_array_with_the_budget_resources(
     (tmp_path / "sacct.txt").write_text(
         "JobID|State|NodeList\n4242_0|RUNNING|n1\n4242_1|PENDING|\n4242_2|TIMEOUT|n2\n"
         "4242_3|COMPLETED|n1\n")
-    write_json_atomic({"schema_version": 1, "status": "ok"}, Path(by_id["4242_3"]["record"]))
+    write_json({"schema_version": 1, "status": "ok"}, Path(by_id["4242_3"]["record"]))
     counts, rows = status(results, "cifar100", "smoke")
     assert counts == {"running": 1, "pending": 1, "failed": 1, "done": 1}
     assert any("TIMEOUT" in r[3] for r in rows if r[0] == "failed")
@@ -134,9 +136,9 @@ TEACHER_JOB = """
 import json, logging, os, sys, time
 from pathlib import Path
 import torch
-from benchmarks.config import TrainRecipe
-from benchmarks.registry import build_model
-from benchmarks.teachers import TeacherCache, teacher_key
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.teachers import TeacherCache, teacher_key
 
 logging.basicConfig(level=logging.INFO)
 tmp = Path(sys.argv[1])
@@ -177,47 +179,55 @@ def test_two_jobs_needing_one_teacher_train_it_once(tmp_path):
 def test_local_jobs_side_by_side_share_the_cores(tmp_path, monkeypatch):
     # Two jobs at the default thread count would each start one thread per core and
     # oversubscribe them; each gets cpu_count // max_parallel training threads instead.
-    from benchmarks import sweep as sweep_module
-    from benchmarks.config import Resources
-    from benchmarks.sweep import SweepJob, submit
+    from kdbench.benchmarks import sweep as sweep_module
+    from kdbench.benchmarks.config import Resources
+    from kdbench.benchmarks.options import RunOptions
+    from kdbench.benchmarks.sweep import SweepJob, submit
 
     seen: dict[str, list[SweepJob]] = {}
     monkeypatch.setattr(sweep_module, "_run_locally",
                         lambda executor, jobs, *rest: seen.update(jobs=jobs))
     monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: 8)
-    jobs = [SweepJob("tiny", "smoke", "scratch", "resnet8", "resnet8", seed, str(tmp_path),
-                     str(tmp_path / "cache")) for seed in (0, 1, 2)]
+    options = RunOptions(results_dir=tmp_path, cache_dir=tmp_path / "cache", device="auto")
+    jobs = [SweepJob("tiny", "smoke", "scratch", "resnet8", "resnet8", seed, options)
+            for seed in (0, 1, 2)]
     submit(jobs, [tmp_path / f"{j.seed}.json" for j in jobs], executor_kind="local",
            folder=tmp_path / "jobs", resources=Resources(), suite="tiny", budget="smoke",
            results_dir=tmp_path, max_parallel=3)
-    assert [job.threads for job in seen["jobs"]] == [2, 2, 2]
-    assert all(job.threads is None for job in jobs)  # the caller's jobs are left as they were
+    assert [job.options.threads for job in seen["jobs"]] == [2, 2, 2]
+    # the caller's jobs are left as they were
+    assert all(job.options.threads is None for job in jobs)
+    # --threads, when given, is what each local job gets
+    given = [dataclasses.replace(job, options=options.replace(threads=1)) for job in jobs]
+    submit(given, [tmp_path / f"{j.seed}.json" for j in jobs], executor_kind="local",
+           folder=tmp_path / "jobs", resources=Resources(), suite="tiny", budget="smoke",
+           results_dir=tmp_path, max_parallel=3)
+    assert [job.options.threads for job in seen["jobs"]] == [1, 1, 1]
 
 
 def test_a_record_of_another_configuration_is_not_done(cifar_root, tmp_path):
     # A fashion-mnist short sweep after a suite edit skipped every job with an old record:
     # the sweep's plan, like `kdbench run`, counts only records of this configuration.
-    from benchmarks.config import load_suite
-    from benchmarks.method import config_dict
-    from benchmarks.results import _RECORD_KEYS, SCHEMA_VERSION
-    from benchmarks.runner import Harness
-    from benchmarks.sweep import plan_jobs
+    from kdbench.benchmarks.config import load_suite
+    from kdbench.benchmarks.method import config_dict
+    from kdbench.benchmarks.options import RunOptions
+    from kdbench.benchmarks.records import _RECORD_KEYS, SCHEMA_VERSION
+    from kdbench.benchmarks.runner import Harness
+    from kdbench.benchmarks.sweep import plan_jobs
 
     suite = load_suite("cifar100")
-    common = {"suite": "cifar100", "results_dir": str(tmp_path / "results"),
-              "cache_dir": str(tmp_path / "cache")}
-    overrides = {"dataset_overrides": {"root": str(cifar_root), "download": False,
-                                       "synthetic_fallback": False}}
-    harness = Harness(suite, "smoke", results_dir=tmp_path / "results",
-                      cache_dir=tmp_path / "cache", **overrides)
+    options = RunOptions(results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
+                         dataset_overrides={"root": str(cifar_root), "download": False,
+                                            "synthetic_fallback": False})
+    harness = Harness(suite, "smoke", options)
     pair = harness.budget.pairs[0]
     path = record_path(tmp_path / "results", "cifar100", "smoke", harness.data.data_source,
                        "kd", pair.teacher, pair.student, 0)
     expected = harness.config_hash(config_dict(harness.build_method("kd").cfg), pair.teacher,
                                    "ab" * 32, "fp32")
     for config_hash, planned in (("another-configuration", True), (expected, False)):
-        write_json_atomic({"schema_version": SCHEMA_VERSION, "status": "ok",
-                           "config_hash": config_hash, "teacher_checkpoint": {"sha256": "ab" * 32},
-                           **dict.fromkeys(_RECORD_KEYS, 0)}, path)
-        jobs, _, _ = plan_jobs(suite, "smoke", ["kd"], [0], common, overrides)
+        write_json({"schema_version": SCHEMA_VERSION, "status": "ok",
+                    "config_hash": config_hash, "teacher_checkpoint": {"sha256": "ab" * 32},
+                    **dict.fromkeys(_RECORD_KEYS, 0)}, path)
+        jobs, _, _ = plan_jobs(suite, "smoke", ["kd"], [0], options)
         assert bool(jobs) is planned, config_hash

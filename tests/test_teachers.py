@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.config import TrainRecipe
-from benchmarks.errors import ConfigError
-from benchmarks.registry import build_model
-from benchmarks.teachers import (
-    TeacherCache,
-    atomic_torch_save,
-    score_key,
-    sha256_file,
-    teacher_key,
-)
+from kdbench.benchmarks.atomic import save_torch
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.teachers import TeacherCache, score_key, sha256_file, teacher_key
 
 
 def key(**changes):
@@ -61,8 +56,8 @@ def test_the_same_weights_saved_twice_have_one_sha256(tmp_path):
     # The teacher's sha256 is part of every run's config hash: a teacher retrained bit for bit
     # on another machine (or after the cache was cleared) must be the same configuration.
     weights = build_model("resnet8", num_classes=10).state_dict()
-    atomic_torch_save(weights, tmp_path / "a" / "first.pt")
-    atomic_torch_save(weights, tmp_path / "b" / "second.pt")
+    save_torch(weights, tmp_path / "a" / "first.pt")
+    save_torch(weights, tmp_path / "b" / "second.pt")
     assert sha256_file(tmp_path / "a" / "first.pt") == sha256_file(tmp_path / "b" / "second.pt")
     assert list(tmp_path.rglob("*.tmp")) == []
 

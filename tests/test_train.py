@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.config import TrainRecipe
-from benchmarks.data import BatchLoader, ImageSplit
-from benchmarks.errors import TrainingError
-from benchmarks.train import evaluate, fit, lr_at
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.data import BatchLoader, ImageSplit
+from kdbench.benchmarks.errors import TrainingError
+from kdbench.benchmarks.train import evaluate, fit, lr_at
 
 CPU = torch.device("cpu")
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.data import cifar100 as cifar_mod
-from benchmarks.data import safe_pickle
-from benchmarks.data.cifar100 import cifar100, load_folder
-from benchmarks.data.fixtures import dump_py2_pickle, write_cifar100
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.data import cifar100 as cifar_mod
+from kdbench.benchmarks.data import safe_pickle
+from kdbench.benchmarks.data.cifar100 import cifar100, load_folder
+from kdbench.benchmarks.data.fixtures import dump_py2_pickle, write_cifar100
+from kdbench.benchmarks.errors import DatasetError
 
 FILES = ("train", "test", "meta")
 
@@ -184,8 +184,9 @@ def test_markdown_reports_escape_html_from_record_fields(tmp_path):
     """leaderboard.md shows a record's HTML as text, as the HTML page does."""
     from test_results import make_record
 
-    from benchmarks.report import markdown
-    from benchmarks.results import leaderboard, load_records, write_record
+    from kdbench.benchmarks.board import leaderboard
+    from kdbench.benchmarks.records import load_records, write_record
+    from kdbench.benchmarks.report import markdown
 
     record = make_record("kd", 0, 70.0)
     record.method_label = '<img src=x onerror="alert(1)"> | after <b>X</b>'
@@ -197,15 +198,15 @@ def test_markdown_reports_escape_html_from_record_fields(tmp_path):
 
 @pytest.mark.parametrize("text", [",", "-1,", "0,-2", "-1"])
 def test_seed_lists_without_seeds_or_with_negative_seeds_are_refused(text):
-    from benchmarks.cli import parse_seeds
-    from benchmarks.errors import ConfigError
+    from kdbench.benchmarks.cli import parse_seeds
+    from kdbench.benchmarks.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(text)
 
 
 def test_methods_flag_naming_no_method_is_refused_not_everything(capsys):
-    from benchmarks.cli import main
+    from kdbench.benchmarks.cli import main
 
     assert main(["run", "--suite", "digits", "--methods", ","]) == 2
     assert "--methods names no method" in capsys.readouterr().err
@@ -222,7 +223,7 @@ def test_methods_flag_naming_no_method_is_refused_not_everything(capsys):
      "bad.py.budgets.smoke.train: epochs must be a positive integer, got -3"),
 ])
 def test_a_broken_suite_file_is_named_with_what_is_wrong(tmp_path, capsys, content, says):
-    from benchmarks.cli import main
+    from kdbench.benchmarks.cli import main
 
     suite = tmp_path / "bad.py"
     suite.write_text(content)
@@ -239,7 +240,7 @@ def _unwrapped(text: str) -> str:
 
 
 def _cli_err(capsys, *args) -> tuple[int, str]:
-    from benchmarks.cli import main
+    from kdbench.benchmarks.cli import main
 
     code = main(list(args))
     return code, _unwrapped(capsys.readouterr().err)
@@ -268,9 +269,9 @@ def test_teacher_checkpoint_for_an_architecture_the_suite_does_not_use_is_refuse
 
 
 def test_a_corrupt_cached_teacher_is_named_as_a_cache_entry(tmp_path):
-    from benchmarks.errors import ConfigError
-    from benchmarks.registry import build_model
-    from benchmarks.teachers import TeacherCache
+    from kdbench.benchmarks.errors import ConfigError
+    from kdbench.benchmarks.registry import build_model
+    from kdbench.benchmarks.teachers import TeacherCache
 
     cache = TeacherCache(tmp_path)
     key = "f" * 64
@@ -288,7 +289,7 @@ def test_a_corrupt_cached_teacher_is_named_as_a_cache_entry(tmp_path):
 def one_seed_results(tmp_path):
     from test_results import make_record
 
-    from benchmarks.results import write_record
+    from kdbench.benchmarks.records import write_record
 
     out = tmp_path / "results"
     for method, acc in (("kd", 71.0), ("scratch", 69.0)):
@@ -302,8 +303,8 @@ def one_seed_results(tmp_path):
 def _three_seed_baseline(tmp_path, results):
     from test_results import make_record
 
-    from benchmarks.cli import main
-    from benchmarks.results import write_record
+    from kdbench.benchmarks.cli import main
+    from kdbench.benchmarks.records import write_record
 
     three = tmp_path / "three"
     for method, accs in (("kd", (71.0, 60.0, 80.0)), ("scratch", (69.0, 69.5, 68.5))):
@@ -320,7 +321,7 @@ def _three_seed_baseline(tmp_path, results):
 
 def test_regress_update_from_fewer_seeds_is_refused_unless_asked(tmp_path, capsys,
                                                                  one_seed_results):
-    from benchmarks.cli import main
+    from kdbench.benchmarks.cli import main
 
     baselines = _three_seed_baseline(tmp_path, one_seed_results)
     before = (baselines / "cifar100_smoke.csv").read_bytes()

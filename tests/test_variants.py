@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from benchmarks.config import Variant, load_suite, suite_from_dict
-from benchmarks.errors import ConfigError, UnknownNameError
-from benchmarks.registry import METHODS, known
+from kdbench.benchmarks.config import Variant, load_suite, suite_from_dict
+from kdbench.benchmarks.errors import ConfigError, UnknownNameError
+from kdbench.benchmarks.registry import METHODS, known
 
 
 def test_cifar100_defines_the_lma_segment_sweep_outside_smoke():

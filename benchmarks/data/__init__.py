@@ -3,14 +3,23 @@
 Importing this package registers the built-in datasets in ``benchmarks.registry.DATASETS``.
 """
 
-from benchmarks.data import augment, cifar100, digits, fashion_mnist, fixtures, idx, loader, types
-from benchmarks.data.cifar100 import cifar100 as load_cifar100
-from benchmarks.data.digits import digits as load_digits
-from benchmarks.data.fashion_mnist import fashion_mnist as load_fashion_mnist
-from benchmarks.data.fashion_mnist import write_fashion_mnist
-from benchmarks.data.fixtures import write_cifar100
-from benchmarks.data.loader import BatchLoader
-from benchmarks.data.types import Batch, ImageDataset, ImageSplit
+from kdbench.benchmarks.data import (
+    augment,
+    cifar100,
+    digits,
+    fashion_mnist,
+    fixtures,
+    idx,
+    loader,
+    types,
+)
+from kdbench.benchmarks.data.cifar100 import cifar100 as load_cifar100
+from kdbench.benchmarks.data.digits import digits as load_digits
+from kdbench.benchmarks.data.fashion_mnist import fashion_mnist as load_fashion_mnist
+from kdbench.benchmarks.data.fashion_mnist import write_fashion_mnist
+from kdbench.benchmarks.data.fixtures import write_cifar100
+from kdbench.benchmarks.data.loader import BatchLoader
+from kdbench.benchmarks.data.types import Batch, ImageDataset, ImageSplit
 
 __all__ = [
     "Batch",

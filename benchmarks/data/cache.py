@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.errors import DatasetError
 
 
 def default_cache_dir() -> Path:

@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.data import safe_pickle
-from benchmarks.data.cache import default_cache_dir, write_folder_atomically
-from benchmarks.data.fixtures import (
+from kdbench.benchmarks.data import safe_pickle
+from kdbench.benchmarks.data.cache import default_cache_dir, write_folder_atomically
+from kdbench.benchmarks.data.fixtures import (
     CIFAR_FOLDER,
     GENERATOR_VERSION,
     SYNTHETIC_MARK,
     write_cifar100,
 )
-from benchmarks.data.types import ImageDataset, ImageSplit
-from benchmarks.errors import DatasetError
-from benchmarks.registry import DATASETS
+from kdbench.benchmarks.data.types import ImageDataset, ImageSplit
+from kdbench.benchmarks.errors import DatasetError
+from kdbench.benchmarks.registry import DATASETS
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 FILES = ("train", "test", "meta")

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data.types import ImageDataset, ImageSplit
-from benchmarks.errors import ConfigError
-from benchmarks.registry import DATASETS
+from kdbench.benchmarks.data.types import ImageDataset, ImageSplit
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.benchmarks.registry import DATASETS
 
 TEST_SIZE = 450  # of 1,797: a 1,347 / 450 split, the size of sklearn's default 25 % split
 SPLIT_SEED = 0  # fixed: the split is part of the benchmark, not of a run's seed

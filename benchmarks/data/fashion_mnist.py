@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from benchmarks.data.cache import default_cache_dir, write_folder_atomically
-from benchmarks.data.idx import read_idx, write_idx
-from benchmarks.data.types import ImageDataset, ImageSplit
-from benchmarks.errors import ConfigError, DatasetError
-from benchmarks.registry import DATASETS
+from kdbench.benchmarks.data.cache import default_cache_dir, write_folder_atomically
+from kdbench.benchmarks.data.idx import read_idx, write_idx
+from kdbench.benchmarks.data.types import ImageDataset, ImageSplit
+from kdbench.benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.registry import DATASETS
 
 FOLDER = "fashion-mnist"
 TORCHVISION_FOLDER = Path("FashionMNIST") / "raw"

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from benchmarks.data import safe_pickle
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.data import safe_pickle
+from kdbench.benchmarks.errors import ConfigError
 
 CIFAR_FOLDER = "cifar-100-python"
 SYNTHETIC_MARK = b"kdbench synthetic"

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.errors import DatasetError
 
 UBYTE = 0x08
 _TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",

@@ -8,9 +8,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from benchmarks.data.augment import crop_flip, normalize, normalize_coefficients, sample_crop_flip
-from benchmarks.data.types import Batch, ImageSplit
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.data.augment import (
+    crop_flip,
+    normalize,
+    normalize_coefficients,
+    sample_crop_flip,
+)
+from kdbench.benchmarks.data.types import Batch, ImageSplit
+from kdbench.benchmarks.errors import ConfigError
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

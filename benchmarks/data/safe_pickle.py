@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.errors import DatasetError
+from kdbench.benchmarks.errors import DatasetError
 
 
 def _numpy_attr(modules: tuple[str, ...], name: str) -> Any:

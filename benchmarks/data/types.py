@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks.errors import ConfigError, DatasetError
+from kdbench.benchmarks.errors import ConfigError, DatasetError
 
 DATA_SOURCES = ("real", "synthetic")
 

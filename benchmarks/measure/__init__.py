@@ -4,8 +4,8 @@ One implementation of each, used for every method (what each reports: README.md,
 measured"; how and why: each module's docstring).
 """
 
-from benchmarks.measure.flops import count_flops, count_macs
-from benchmarks.measure.latency import (
+from kdbench.benchmarks.measure.flops import count_flops, count_macs
+from kdbench.benchmarks.measure.latency import (
     LatencyResult,
     LatencySetting,
     ModelLatency,
@@ -13,8 +13,8 @@ from benchmarks.measure.latency import (
     default_settings,
     summarize,
 )
-from benchmarks.measure.machine import fingerprint
-from benchmarks.measure.params import ModelReport, assert_deployable, inspect_model
+from kdbench.benchmarks.measure.machine import fingerprint
+from kdbench.benchmarks.measure.params import ModelReport, assert_deployable, inspect_model
 
 __all__ = [
     "LatencyResult",

@@ -31,7 +31,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from benchmarks.measure.params import evaluating
+from kdbench.benchmarks.measure.params import evaluating
 
 NOISE_WARN = 0.10  # IQR/median thresholds of torch.utils.benchmark's Measurement warnings
 NOISE_RERUN = 0.25

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import torch
 
-from benchmarks.measure.latency import usable_cores
+from kdbench.benchmarks.measure.latency import usable_cores
 
 T = TypeVar("T")
 

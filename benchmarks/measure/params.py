@@ -19,7 +19,7 @@ from torch import nn
 from torch.export import ExportedProgram
 from torch.nn.utils import parametrize
 
-from benchmarks.measure.flops import count_macs
+from kdbench.benchmarks.measure.flops import count_macs
 
 _FILTER_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 

@@ -6,6 +6,6 @@ exposes ``stages()``, the modules whose outputs are its natural stage features (
 forward hooks).
 """
 
-from benchmarks.models import mobilenetv2, resnet, vgg, wrn
+from kdbench.benchmarks.models import mobilenetv2, resnet, vgg, wrn
 
 __all__ = ["mobilenetv2", "resnet", "vgg", "wrn"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.models.vgg import normal_fan_out_init_
-from benchmarks.registry import MODELS
+from kdbench.benchmarks.models.vgg import normal_fan_out_init_
+from kdbench.benchmarks.registry import MODELS
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -51,6 +51,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """CIFAR MobileNetV2; ``blocks[i]`` is the i-th (t, c, n, s) group of inverted residuals."""
+
+    input_size = 32  # CIFAR-size images: what structural checks probe it with
 
     def __init__(self, expand_ratio: int, width_mult: float, num_classes: int = 100) -> None:
         super().__init__()

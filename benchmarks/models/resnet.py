@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.registry import MODELS
+from kdbench.benchmarks.registry import MODELS
 
 Shortcut = Literal["A", "B"]
 
@@ -70,6 +70,8 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """Three-stage CIFAR ResNet of BasicBlocks; depth = 6n + 2."""
+
+    input_size = 32  # CIFAR-size images: what structural checks probe it with
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchmarks.registry import MODELS
+from kdbench.benchmarks.registry import MODELS
 
 Head = Literal["linear", "fc2"]
 
@@ -64,6 +64,8 @@ def _make_block(channels: list[int], in_channels: int) -> nn.Sequential:
 
 class VGG(nn.Module):
     """Five-block VGG-BN; ``pool_every_block`` selects the classic 5-pool CIFAR layout."""
+
+    input_size = 32  # CIFAR-size images: what structural checks probe it with
 
     def __init__(
         self,

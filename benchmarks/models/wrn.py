@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.models.vgg import normal_fan_out_init_
-from benchmarks.registry import MODELS
+from kdbench.benchmarks.models.vgg import normal_fan_out_init_
+from kdbench.benchmarks.registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -61,6 +61,8 @@ class NetworkBlock(nn.Module):
 
 class WideResNet(nn.Module):
     """WRN-depth-width for CIFAR (three stages at 32x32, 16x16, 8x8)."""
+
+    input_size = 32  # CIFAR-size images: what structural checks probe it with
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100) -> None:
         super().__init__()

@@ -1,1 +1,1 @@
-"""Throughput scripts for kdbench's own machinery: ``python -m benchmarks.perf.<name>``."""
+"""Throughput scripts for kdbench's own machinery: ``python -m kdbench.benchmarks.perf.<name>``."""

@@ -5,7 +5,7 @@ set of the real size in a temporary folder), apply the same train augmentation (
 32 with padding 4, horizontal flip, normalise), use batches of ``--batch-size`` with the last
 partial batch dropped, and run ``--epochs`` epochs in this process after a warm-up.
 
-    python -m benchmarks.perf.data_throughput [--root data] [--epochs 1] [--batch-size 128]
+    python -m kdbench.benchmarks.perf.data_throughput [--root data] [--epochs 1] [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torchvision.datasets.cifar as tv_cifar
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from benchmarks.data.cifar100 import find_folder, load_folder
-from benchmarks.data.fixtures import write_cifar100
-from benchmarks.data.loader import BatchLoader
-from benchmarks.data.types import ImageDataset
+from kdbench.benchmarks.data.cifar100 import find_folder, load_folder
+from kdbench.benchmarks.data.fixtures import write_cifar100
+from kdbench.benchmarks.data.loader import BatchLoader
+from kdbench.benchmarks.data.types import ImageDataset
 
 THREADS = 2
 WORKERS = 2

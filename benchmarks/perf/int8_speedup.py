@@ -5,8 +5,8 @@ prints the ISA ATen dispatches to and what oneDNN was limited to, then times the
 compiled as fp32 and as PT2E INT8 (``benchmarks/deploy.py``, exactly the harness's path),
 interleaved in one process, at batch 1 and 64 on 1 thread and on all usable cores.
 
-    python -m benchmarks.perf.int8_speedup [--arch resnet8] [--rounds 10]
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.perf.int8_speedup
+    python -m kdbench.benchmarks.perf.int8_speedup [--arch resnet8] [--rounds 10]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m kdbench.benchmarks.perf.int8_speedup
 
 Weights are random and calibration inputs are Gaussian: latency does not depend on the
 values, only on the graph, so no dataset or training is needed.
@@ -19,9 +19,9 @@ import os
 
 import torch
 
-from benchmarks.deploy import CompiledProgram, export_program, quantize_int8
-from benchmarks.measure.latency import compare_latency, default_settings
-from benchmarks.registry import build_model
+from kdbench.benchmarks.deploy import CompiledProgram, export_program, quantize_int8
+from kdbench.benchmarks.measure.latency import compare_latency, default_settings
+from kdbench.benchmarks.registry import build_model
 
 INPUT = (3, 32, 32)
 

@@ -8,7 +8,7 @@ kept here as the reference it was measured against). Prints the median ns/elemen
 rounds for inference (eval mode, running statistics) and for a training step (batch
 statistics, forward + backward), at a training-size and a batch-1 activation.
 
-    python -m benchmarks.perf.lma_activation [--segments 8 --threads 1 --rounds 7]
+    python -m kdbench.benchmarks.perf.lma_activation [--segments 8 --threads 1 --rounds 7]
 
 The end-to-end cost inside a network is what the harness's latency records show for the
 ``lma`` rows; this script isolates the activation itself.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from methods.common.lma_activation import LMA
+from kdbench.methods.common.lma_activation import LMA
 
 SHAPES = {"train batch 64x16x32x32": (64, 16, 32, 32), "batch 1 1x16x32x32": (1, 16, 32, 32)}
 

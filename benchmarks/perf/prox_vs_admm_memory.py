@@ -13,7 +13,7 @@ Each variant runs in a fresh process so one's allocations cannot hide the other'
 training through /proc/self/clear_refs) above the resident set when training starts;
 tracemalloc cannot see tensor memory, which torch allocates outside Python's allocator.
 
-    python -m benchmarks.perf.prox_vs_admm_memory [--arch vgg13 --batch 32 --steps 3]
+    python -m kdbench.benchmarks.perf.prox_vs_admm_memory [--arch vgg13 --batch 32 --steps 3]
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.attacks import PGDConfig, seeded_generator
-from benchmarks.config import TrainRecipe
-from benchmarks.data import BatchLoader, ImageSplit
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from benchmarks.train import FitState, fit
-from methods.common.adversarial import AdversarialForward, adversarial_kd_loss
-from methods.common.proximal import prox_group_
-from methods.common.pruning import channel_groups, classifier_of, prunable_layers
+from kdbench.benchmarks.attacks import PGDConfig, seeded_generator
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.data import BatchLoader, ImageSplit
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.train import FitState, fit
+from kdbench.methods.common.adversarial import AdversarialForward, adversarial_kd_loss
+from kdbench.methods.common.proximal import prox_group_
+from kdbench.methods.common.pruning import channel_groups, classifier_of, prunable_layers
 
 MEAN, STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
 MIB = 2**20

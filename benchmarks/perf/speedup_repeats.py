@@ -6,7 +6,7 @@ batch 1 on 1 thread. If the intervals are honest, repeats on a quiet machine ove
 script prints each repeat's speed-up, CI and what stopped it, then whether every pair of
 intervals overlaps (exit 1 if not).
 
-    python -m benchmarks.perf.speedup_repeats [--teacher resnet56] [--student resnet20]
+    python -m kdbench.benchmarks.perf.speedup_repeats [--teacher resnet56] [--student resnet20]
         [--repeats 4] [--pause-s 30]
 
 Weights are random: latency depends on the graph, not on the values.
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from benchmarks.measure.latency import LatencySetting, compare_latency
-from benchmarks.registry import build_model
+from kdbench.benchmarks.measure.latency import LatencySetting, compare_latency
+from kdbench.benchmarks.registry import build_model
 
 INPUT = (3, 32, 32)
 

@@ -11,7 +11,7 @@ through the harness against the same peak, and ``torch.compile`` of the student'
 step (Inductor): its one-off compile time and its steady-state speed against eager, paired by
 rounds, so whether it pays for a run of a given length can be read off.
 
-    python -m benchmarks.perf.train_throughput [--teacher resnet20 --student resnet8]
+    python -m kdbench.benchmarks.perf.train_throughput [--teacher resnet20 --student resnet8]
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.config import TrainRecipe
-from benchmarks.data import BatchLoader, load_cifar100, write_cifar100
-from benchmarks.data.cifar100 import load_folder
-from benchmarks.measure import count_flops
-from benchmarks.measure.latency import speedup_ci
-from benchmarks.method import FrozenTeacher
-from benchmarks.registry import build_model
-from benchmarks.train import fit
-from methods.common import kd_kl
+from kdbench.benchmarks.config import TrainRecipe
+from kdbench.benchmarks.data import BatchLoader, load_cifar100, write_cifar100
+from kdbench.benchmarks.data.cifar100 import load_folder
+from kdbench.benchmarks.measure import count_flops
+from kdbench.benchmarks.measure.latency import speedup_ci
+from kdbench.benchmarks.method import FrozenTeacher
+from kdbench.benchmarks.registry import build_model
+from kdbench.benchmarks.train import fit
+from kdbench.methods.common import kd_kl
 
 
 def hand_written(student, teacher, loader, recipe) -> None:

@@ -7,6 +7,10 @@ metric = "top1"
 
 dataset = dict(type="digits", size=32)
 
+# Gated by `nox -s regress` (smoke budget): the baselines only, which keeps the gate (and so
+# CI) in minutes.
+regress = dict(methods=("teacher", "scratch", "kd"))
+
 _train = dict(epochs=8, batch_size=64, lr=0.05, schedule="cosine", eval_batch_size=500)
 
 budgets = dict(

@@ -16,6 +16,11 @@ metric = "top1"
 # says where it looked and how to get them.
 dataset = dict(type="fashion_mnist", root="data", download=True, synthetic_fallback=False)
 
+# Gated by `nox -s regress` (smoke budget, every method on real images), which also writes
+# the claims table of its runs: a report, not a gate (smoke has too few steps and seeds for
+# stable verdicts).
+regress = dict(claims=True)
+
 _eval = dict(eval_batch_size=1000)
 
 budgets = dict(

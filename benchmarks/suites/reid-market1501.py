@@ -1,5 +1,7 @@
 # Market-1501 person re-identification (torchreid's protocol): rank-1 / mAP on query vs gallery.
 # An mmengine Python config; `kdbench run --suite reid-market1501 --budget smoke|short|full`.
+# [R] marks kdbench's own choice where no paper gives one; see CONTRIBUTING.md, "Where a number
+# comes from: [S], [P], [R]".
 name = "reid-market1501"
 description = "Market-1501 person ReID: 751 training ids, CMC rank-1/5/10 and mAP"
 metric = "rank1"
@@ -8,6 +10,10 @@ table_metrics = ("mAP", "rank5")
 # ReID deploys the embedding network (features for retrieval), not the identity classifier:
 # params, MACs and latency are measured on model.embed.
 deployed_forward = "embed"
+# The task package registering the market1501 dataset, the reid evaluator and the *_reid models.
+imports = ("kdbench.reid",)
+# Run when no --methods is given (`nox -s bench-reid`): the baselines and KDAS-ReID.
+default_methods = ("teacher", "scratch", "kd", "kdas_reid")
 
 # Reads <root>/market1501/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test};
 # without it runs on a generated set in the same layout (records say data_source=synthetic).

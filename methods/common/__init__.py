@@ -10,9 +10,9 @@
 - ``lma_activation``: the LMA piecewise-linear activation module.
 """
 
-from methods.common.bn import recalibrate_bn
-from methods.common.losses import kd_kl
-from methods.common.pruning import (
+from kdbench.methods.common.bn import recalibrate_bn
+from kdbench.methods.common.losses import kd_kl
+from kdbench.methods.common.pruning import (
     apply_masks,
     classifier_of,
     coupled_layers,
@@ -20,8 +20,8 @@ from methods.common.pruning import (
     l1_filter_prune,
     magnitude_masks,
 )
-from methods.common.surgery import replace_modules
-from methods.common.temperature import dynamic_temperature, epoch_temperature
+from kdbench.methods.common.surgery import replace_modules
+from kdbench.methods.common.temperature import dynamic_temperature, epoch_temperature
 
 __all__ = [
     "apply_masks",

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
-from benchmarks.data import Batch
-from benchmarks.method import FrozenTeacher, RunContext, make_loader
-from benchmarks.teachers import TeacherCache, TeacherInfo, score_key, teacher_key
-from benchmarks.train import LossFn, evaluate, fit
-from methods.common.losses import kd_kl
+from kdbench.benchmarks.attacks import PGDConfig, PixelSpace, pgd, seeded_generator, to_pixels
+from kdbench.benchmarks.data import Batch
+from kdbench.benchmarks.method import FrozenTeacher, RunContext, make_loader
+from kdbench.benchmarks.teachers import TeacherCache, TeacherInfo, score_key, teacher_key
+from kdbench.benchmarks.train import LossFn, evaluate, fit
+from kdbench.methods.common.losses import kd_kl
 
 
 class AdversarialOutput(NamedTuple):

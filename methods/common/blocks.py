@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import nn
 
-from benchmarks.measure.params import evaluating
-from methods.common.features import capture
-from methods.common.pruning import prune_inside
-from methods.common.reinit import he_init_
+from kdbench.benchmarks.measure.params import evaluating
+from kdbench.methods.common.features import capture
+from kdbench.methods.common.pruning import prune_inside
+from kdbench.methods.common.reinit import he_init_
 
 Split = Literal["stages", "units"]  # VGG blocks / ResNet stages | residual units
-SPLITS: tuple[Split, ...] = get_args(Split)
 OUTPUTS = ("relu", "linear")
 
 
@@ -37,14 +36,12 @@ class StudentBlock(nn.Sequential):
         super().__init__(OrderedDict(body=body, recover=recover))
 
 
-def block_names(model: nn.Module, split: str) -> list[str]:
+def block_names(model: nn.Module, split: Split) -> list[str]:
     """Qualified names of the model's blocks in forward order.
 
     ``stages``: the modules ``model.stages()`` returns; ``units``: the children of each
     stage, which must themselves contain a conv (residual units, not single layers).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     stages = getattr(model, "stages", None)
     if not callable(stages):
         raise ValueError(f"{type(model).__name__} has no stages() method to split it at")
@@ -95,8 +92,6 @@ def thin_block(block: nn.Module, example_input: torch.Tensor,
     block's output is ReLU-terminated (``output``; None: ``output_kind`` of the teacher
     block's output on ``example_input``), so a student can match negative targets.
     """
-    if not 0.0 < width_ratio <= 1.0:
-        raise ValueError(f"width_ratio must be in (0, 1]; got {width_ratio}")
     if output is not None and output not in OUTPUTS:
         raise ValueError(f"output must be None or one of {', '.join(OUTPUTS)}; got {output!r}")
     body = copy.deepcopy(block).requires_grad_(True)

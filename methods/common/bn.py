@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from benchmarks.data import Batch
+from kdbench.benchmarks.data import Batch
 
 
 @torch.no_grad()

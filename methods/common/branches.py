@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from methods.common.pruning import classifier_of
+from kdbench.methods.common.pruning import classifier_of
 
 
 class BranchSplitError(ValueError):

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from methods.common.pruning import (
+from kdbench.methods.common.pruning import (
     PRUNABLE,
     classifier_of,
     coupled_layers,
     dependency_graph,
     keep_channels,
 )
-from methods.common.surgery import replace_modules
+from kdbench.methods.common.surgery import replace_modules
 
 CoefficientInit = Callable[[int], torch.Tensor]
 

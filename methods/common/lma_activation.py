@@ -33,15 +33,16 @@ the per-element costs of all three next to ReLU.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Interval
 from torch import nn
 
-from benchmarks.errors import ConfigError
-
 Implementation = Literal["fused", "naive"]
-IMPLEMENTATIONS: tuple[Implementation, ...] = get_args(Implementation)
+# The running statistics' EMA momentum; its settings are checked where they are declared
+# (``LMAMethod.Config``), the layer takes them as they come.
+Momentum = Annotated[float, Interval(ge=0, lt=1)]
 SPAN_STDS = 3.0  # segments tile [mean - 3 std, mean + 3 std]
 _MIN_STD = 1e-12  # a constant input has std 0; keep the segment width finite
 
@@ -77,15 +78,9 @@ class SegmentAffine(torch.autograd.Function):
 class LMA(nn.Module):
     """Piecewise-linear activation with K segments over the input's mean ± 3 std."""
 
-    def __init__(self, num_segments: int = 8, momentum: float = 0.99, impl: str = "fused"):
+    def __init__(self, num_segments: int = 8, momentum: float = 0.99,
+                 impl: Implementation = "fused"):
         super().__init__()
-        if num_segments < 1:
-            raise ConfigError(f"LMA num_segments must be at least 1, got {num_segments}")
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"LMA momentum must be in [0, 1), got {momentum}")
-        if impl not in IMPLEMENTATIONS:
-            raise ConfigError(f"LMA impl must be one of {', '.join(IMPLEMENTATIONS)}, "
-                              f"got {impl!r}")
         self.num_segments = num_segments
         self.momentum = momentum
         self.impl = impl

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from methods.common.pruning import ChannelGroup
+from kdbench.methods.common.pruning import ChannelGroup
 
 
 def soft_threshold(v: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from benchmarks.measure.params import evaluating
+from kdbench.benchmarks.measure.params import evaluating
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 

@@ -8,30 +8,24 @@ Both are T0 at p = 0, exactly 1 at p = 1 and non-increasing in between.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
-from benchmarks.errors import ConfigError
+from annotated_types import Ge
 
-SCHEDULES = ("linear", "cosine")
-
-
-def check_schedule(t0: float, shape: str) -> None:
-    if shape not in SCHEDULES:
-        raise ConfigError(f"temperature schedule must be one of {', '.join(SCHEDULES)}; "
-                          f"got {shape!r}")
-    if not t0 >= 1:
-        raise ConfigError(f"the initial temperature T0 must be >= 1 (it decays to 1); got {t0}")
+# A method's config declares its schedule with these, and the config checker enforces them.
+Schedule = Literal["linear", "cosine"]
+InitialTemperature = Annotated[float, Ge(1)]  # T0: the schedule decays it to exactly 1
 
 
-def dynamic_temperature(progress: float, t0: float, shape: str = "linear") -> float:
+def dynamic_temperature(progress: float, t0: float, shape: Schedule = "linear") -> float:
     """The temperature at ``progress`` in [0, 1]."""
-    check_schedule(t0, shape)
     if not 0 <= progress <= 1:
         raise ValueError(f"progress must be in [0, 1]; got {progress}")
     remaining = 1 - progress if shape == "linear" else (1 + math.cos(math.pi * progress)) / 2
     return 1.0 + (t0 - 1.0) * remaining
 
 
-def epoch_temperature(epoch: int, epochs: int, t0: float, shape: str = "linear") -> float:
+def epoch_temperature(epoch: int, epochs: int, t0: float, shape: Schedule = "linear") -> float:
     """Per-epoch schedule: epoch 0 trains at T0 and the last epoch at exactly 1.
 
     A one-epoch phase has no room for a schedule and trains at 1.

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.errors import ConfigError
-from reid.nas.ops import OPS
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.reid.nas.ops import OPS
 
 Gene = tuple[tuple[str, int], ...]
 

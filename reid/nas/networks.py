@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.config import from_mapping
-from benchmarks.errors import ConfigError
-from reid.nas.genotype import Genotype, derive_genotype, num_edges
-from reid.nas.ops import FactorizedReduce, ReLUConvBN, build_op, check_ops
+from kdbench.benchmarks.config import from_mapping
+from kdbench.benchmarks.errors import ConfigError
+from kdbench.reid.nas.genotype import Genotype, derive_genotype, num_edges
+from kdbench.reid.nas.ops import FactorizedReduce, ReLUConvBN, build_op, check_ops
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.errors import ConfigError
+from kdbench.benchmarks.errors import ConfigError
 
 PARTS = 4  # horizontal stripes of the part-aware module (Auto-ReID)
 

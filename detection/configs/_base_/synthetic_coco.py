@@ -1,9 +1,9 @@
 # The tiny synthetic COCO set (detection/synthetic.py) with mmdet's own dataset, pipelines and
 # CocoMetric. The benchmark writes the set and points data_root at it; to train by hand, write
-# it with `python -m detection.synthetic DIR` and pass `--cfg-options` data roots.
+# it with `python -m kdbench.detection.synthetic DIR` and pass `--cfg-options` data roots.
 _base_ = ["mmdet::_base_/default_runtime.py"]
 
-custom_imports = dict(imports=["detection.ctkd"], allow_failed_imports=False)
+custom_imports = dict(imports=["kdbench.detection.ctkd"], allow_failed_imports=False)
 
 dataset_type = "CocoDataset"
 data_root = "data/synthetic-coco/"

@@ -5,7 +5,7 @@ _base_ = [
     "../_base_/coco_teacher.py",
 ]
 
-custom_imports = dict(imports=["detection.ctkd"], allow_failed_imports=False)
+custom_imports = dict(imports=["kdbench.detection.ctkd"], allow_failed_imports=False)
 
 model = dict(
     type="CenterNetKD",

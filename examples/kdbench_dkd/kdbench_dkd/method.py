@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmarks.method import Compressed, Method, RunContext
+from kdbench import Compressed, Method, RunContext
 
 MASKED = 1000.0  # subtracted from the target logit to drop it from the non-target softmax
 
