@@ -86,8 +86,11 @@ class PrunedKD(Method):
         controls: bool = True  # also train the fine-tune and scratch-init rows
         train_images: int | None = None  # None: the budget's whole training split
 
+    # Smoke: ~60 steps a row. At 8 (1 epoch of 512 images) the random-init control stayed at
+    # 14-15 % on Fashion-MNIST (chance 10 %), a row that tested nothing; at 2 x 2,000 images
+    # it learns (52 % seed 0) while the teacher-initialised rows reach 76-78 %.
     budget_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"epochs": 1, "lr": 0.01, "train_images": 512, "recalibrate_batches": 4}}
+        "smoke": {"epochs": 2, "lr": 0.01, "train_images": 2000, "recalibrate_batches": 4}}
 
     def run(self, ctx: RunContext) -> Compressed:
         cfg = self.cfg
